@@ -1,0 +1,18 @@
+"""jaxpt: soft-prompt and prefix tuning of frozen T5 models in JAX/Flax.
+
+Public API:
+  load_model(path, prompt=None, **config_overrides) -> Model
+  save_hf(model, directory)      write an HF transformers T5 directory
+  save_model(model, directory)   write a jaxpt model directory
+  Model, T5Config, preset
+"""
+
+from jaxpt.checkpoints.errors import CheckpointError
+from jaxpt.checkpoints.load import load_model
+from jaxpt.checkpoints.save import save_hf, save_model
+from jaxpt.model.config import T5Config, preset
+from jaxpt.model.model import Model
+
+__all__ = ['CheckpointError', 'Model', 'T5Config', 'load_model', 'preset', 'save_hf',
+           'save_model']
+__version__ = '0.1.0'

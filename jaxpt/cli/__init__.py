@@ -1,0 +1,1 @@
+"""The `jaxpt` command line."""

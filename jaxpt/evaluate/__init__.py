@@ -1,0 +1,1 @@
+"""Evaluation: decoding and scoring on a (prompted) frozen model."""

@@ -1,0 +1,105 @@
+"""Small building blocks of T5: dense, embedding, RMSNorm and the MLP.
+
+Every parameter carries T5X logical axis names through
+`nn.with_logical_partitioning`; `jaxpt.partitioning` maps them to a mesh.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxpt.model.config import T5Config
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+
+def normal(stddev: float) -> Initializer:
+  return nn.initializers.normal(stddev=stddev)
+
+
+class Dense(nn.Module):
+  """A bias-free dense layer with a 2-D `[in, out]` kernel, as in T5X."""
+
+  features: int
+  kernel_axes: Tuple[str, str]
+  kernel_init: Initializer
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param(
+        'kernel', nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
+        (x.shape[-1], self.features), jnp.dtype(self.config.param_dtype))
+    dtype = self.config.compute_dtype
+    return jnp.dot(x.astype(dtype), kernel.astype(dtype))
+
+
+class Embed(nn.Module):
+  """Token embedding; `attend` gives tied logits."""
+
+  config: T5Config
+
+  def setup(self):
+    self.embedding = self.param(
+        'embedding', nn.with_logical_partitioning(normal(1.0), ('vocab', 'embed')),
+        (self.config.vocab_size, self.config.emb_dim), jnp.dtype(self.config.param_dtype))
+
+  def __call__(self, tokens: Array) -> Array:
+    return jnp.take(self.embedding, tokens, axis=0).astype(self.config.compute_dtype)
+
+  def attend(self, x: Array) -> Array:
+    dtype = self.config.compute_dtype
+    return jnp.dot(x.astype(dtype), self.embedding.astype(dtype).T)
+
+
+class RMSNorm(nn.Module):
+  """T5's layer norm: scale only, no mean subtraction, computed in float32."""
+
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    scale = self.param('scale', nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
+                       (x.shape[-1],), jnp.dtype(self.config.param_dtype))
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+                              + self.config.layer_norm_epsilon)
+    return (x32 * scale.astype(jnp.float32)).astype(self.config.compute_dtype)
+
+
+def activation(name: str) -> Callable[[Array], Array]:
+  """T5 activation by name; 'gelu' is the tanh approximation (HF 'gelu_new')."""
+  return {
+      'relu': jax.nn.relu,
+      'gelu': lambda x: jax.nn.gelu(x, approximate=True),
+      'gelu_new': lambda x: jax.nn.gelu(x, approximate=True),
+      'gelu_exact': lambda x: jax.nn.gelu(x, approximate=False),
+      'silu': jax.nn.silu,
+      'linear': lambda x: x,
+  }[name]
+
+
+class MLP(nn.Module):
+  """T5 feed-forward: `wo(act(wi x))`, or gated `wo(act0(wi_0 x) * act1(wi_1 x))`."""
+
+  config: T5Config
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    cfg = self.config
+    acts: Sequence[str] = cfg.mlp_activations
+    hidden = None
+    for i, act in enumerate(acts):
+      name = 'wi' if len(acts) == 1 else f'wi_{i}'
+      h = activation(act)(Dense(cfg.mlp_dim, ('embed', 'mlp'), normal(cfg.emb_dim ** -0.5),
+                                cfg, name=name)(x))
+      hidden = h if hidden is None else hidden * h
+    hidden = nn.with_logical_constraint(hidden, ('batch', 'length', 'mlp'))
+    hidden = nn.Dropout(cfg.dropout_rate)(hidden, deterministic=self.deterministic)
+    return Dense(cfg.emb_dim, ('mlp', 'embed'), normal(cfg.mlp_dim ** -0.5), cfg, name='wo')(hidden)

@@ -1,0 +1,95 @@
+"""`Model`: a loaded backbone (config + parameters) with numpy-in, numpy-out calls."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpt.evaluate.decoding import greedy_decode
+from jaxpt.model.config import T5Config, find_preset
+from jaxpt.model.t5 import T5
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(config: T5Config, prefix_position: str):
+  module = T5(config, prefix_position)
+  logits = jax.jit(lambda params, enc, dec: module.apply({'params': params}, enc, dec))
+  generate = jax.jit(lambda params, enc, n: greedy_decode(module, params, enc, n),
+                     static_argnums=2)
+  return module, logits, generate
+
+
+def _check_tokens(name: str, tokens: Any, vocab_size: int) -> np.ndarray:
+  arr = np.asarray(tokens)
+  if arr.ndim != 2:
+    raise ValueError(f'{name} must be a 2-D [batch, length] array of token ids, '
+                     f'got shape {arr.shape}')
+  if not np.issubdtype(arr.dtype, np.integer):
+    raise ValueError(f'{name} must hold integer token ids, got dtype {arr.dtype}')
+  if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
+    raise ValueError(f'{name} has ids outside [0, {vocab_size}): '
+                     f'min {arr.min()}, max {arr.max()}')
+  return arr.astype(np.int32)
+
+
+@dataclasses.dataclass
+class Model:
+  """A T5 backbone: `config`, `params` (a pytree of arrays) and where it came from."""
+
+  config: T5Config
+  params: Any
+  source: str = ''
+
+  @property
+  def module(self) -> T5:
+    return _compiled(self.config, 'none')[0]
+
+  def logits(self, encoder_input_tokens: Any, decoder_input_tokens: Any) -> np.ndarray:
+    """Teacher-forced logits.
+
+    Args:
+      encoder_input_tokens: int [batch, input_len], 0 is padding.
+      decoder_input_tokens: int [batch, target_len], starting with the decoder
+        start token (0); causal attention makes trailing padding harmless.
+
+    Returns:
+      float32 numpy array [batch, target_len, vocab].
+    """
+    enc = _check_tokens('encoder_input_tokens', encoder_input_tokens, self.config.vocab_size)
+    dec = _check_tokens('decoder_input_tokens', decoder_input_tokens, self.config.vocab_size)
+    if enc.shape[0] != dec.shape[0]:
+      raise ValueError(f'batch sizes differ: encoder {enc.shape[0]}, decoder {dec.shape[0]}')
+    _, logits, _ = _compiled(self.config, 'none')
+    return np.asarray(logits(self.params, jnp.asarray(enc), jnp.asarray(dec)), np.float32)
+
+  def generate(self, encoder_input_tokens: Any, max_length: int = 32) -> np.ndarray:
+    """Greedy decoding: int32 [batch, max_length], 0 after EOS."""
+    enc = _check_tokens('encoder_input_tokens', encoder_input_tokens, self.config.vocab_size)
+    if max_length <= 0:
+      raise ValueError(f'max_length must be positive, got {max_length}')
+    _, _, generate = _compiled(self.config, 'none')
+    return np.asarray(generate(self.params, jnp.asarray(enc), int(max_length)))
+
+  def num_params(self) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(self.params)))
+
+  def summary(self) -> str:
+    """A few human-readable lines: variant, sizes, parameter count, source."""
+    cfg = self.config
+    known = find_preset(cfg)
+    variant = f'{known[0]}/{known[1]}' if known else 'custom'
+    mlp = 'gated ' + cfg.mlp_activations[0] if cfg.gated else cfg.mlp_activations[0]
+    return '\n'.join([
+        f'T5 ({variant}) from {self.source or "memory"}',
+        f'  layers {cfg.num_encoder_layers}+{cfg.num_decoder_layers}, d_model {cfg.emb_dim}, '
+        f'heads {cfg.num_heads}x{cfg.head_dim}, mlp {cfg.mlp_dim} ({mlp}), vocab {cfg.vocab_size}',
+        f'  logits {"tied (scaled)" if cfg.logits_via_embedding else "untied"}, '
+        f'position bias {"per layer" if cfg.per_layer_relpos_bias else "shared"}, '
+        f'compute {cfg.dtype}, params {cfg.param_dtype}',
+        f'  {self.num_params():,} parameters',
+    ])

@@ -1,0 +1,301 @@
+"""The T5 encoder-decoder as pure-functional Flax modules.
+
+One implementation covers T5 1.0 (ReLU, tied logits), T5 1.1 / LM-adapted /
+Flan-T5 / mT5 (gated GELU, untied logits) and UMT5-style per-layer position
+bias. Parameter names are T5X's (see docs/param_layout.md), so T5X checkpoints
+load without renaming.
+
+Soft-prompt methods enter through two arguments and never by editing the
+backbone: `prompt` (embeddings prepended to the encoder input, Lester et al.)
+and `prefixes` (keys/values prepended in attention layers, Li & Liang).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Dict, Mapping, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpt.model.attention import NEG_INF, MultiHeadAttention, Prefix, RelativePositionBias
+from jaxpt.model.config import T5Config
+from jaxpt.model.layers import MLP, Dense, Embed, RMSNorm, normal
+
+Array = jax.Array
+# Stacked per-layer prefixes: name -> (keys, values), each
+# [layers, batch (or 1), prefix_len, heads, head_dim]. Names: 'encoder',
+# 'decoder_self', 'decoder_cross'; any may be missing.
+Prefixes = Mapping[str, Tuple[Array, Array]]
+
+PREFIX_POSITIONS = ('none', 'offset')
+
+
+@dataclasses.dataclass(frozen=True)
+class Positions:
+  """Static query/key positions of one attention, for per-layer position bias."""
+  query: Tuple[int, ...]
+  key: Tuple[int, ...]
+  prefix_len: int = 0
+  bidirectional: bool = True
+  prefix_position: str = 'none'
+
+
+def position_bias(module: RelativePositionBias, positions: Positions) -> Array:
+  """[1, heads, q, prefix + k] bias; prefix columns per `positions.prefix_position`.
+
+  'none' (Li & Liang): prefix keys carry no position, bias 0.
+  'offset' (HF past_key_values, hence peft): prefix keys sit at positions
+  -prefix_len..-1 before the sequence.
+  """
+  query = np.asarray(positions.query)
+  key = np.asarray(positions.key)
+  p = positions.prefix_len
+  if p and positions.prefix_position == 'offset':
+    return module(query + p, np.concatenate([np.arange(p), key + p]))
+  bias = module(query, key)
+  if p:
+    bias = jnp.concatenate([jnp.zeros(bias.shape[:3] + (p,), bias.dtype), bias], axis=-1)
+  return bias
+
+
+def _remat(cls, config: T5Config):
+  if config.remat_policy == 'none':
+    return cls
+  policy = (None if config.remat_policy == 'full'
+            else jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims)
+  return nn.remat(cls, policy=policy, prevent_cse=not config.scan_layers)
+
+
+class EncoderLayer(nn.Module):
+  """Self-attention and MLP, each pre-normed with a residual."""
+
+  config: T5Config
+  deterministic: bool = True
+  positions: Optional[Positions] = None  # set when the layer owns its position bias
+  scanned: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array, bias: Array, prefix: Optional[Prefix] = None):
+    cfg = self.config
+    if self.positions is not None:
+      bias = bias + position_bias(
+          RelativePositionBias(cfg, bidirectional=True, name='relpos_bias'), self.positions)
+    drop = nn.Dropout(cfg.dropout_rate)
+    h = RMSNorm(cfg, name='pre_attention_layer_norm')(x)
+    h = MultiHeadAttention(cfg, self.deterministic, name='attention')(h, h, bias, prefix)
+    x = x + drop(h, deterministic=self.deterministic)
+    h = RMSNorm(cfg, name='pre_mlp_layer_norm')(x)
+    h = MLP(cfg, self.deterministic, name='mlp')(h)
+    x = x + drop(h, deterministic=self.deterministic)
+    x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+    return (x, None) if self.scanned else x
+
+
+class DecoderLayer(nn.Module):
+  """Causal self-attention, cross-attention and MLP."""
+
+  config: T5Config
+  deterministic: bool = True
+  decode: bool = False
+  positions: Optional[Positions] = None
+  scanned: bool = False
+
+  @nn.compact
+  def __call__(self, y: Array, encoded: Array, self_bias: Array, cross_bias: Array,
+               self_prefix: Optional[Prefix] = None, cross_prefix: Optional[Prefix] = None):
+    cfg = self.config
+    if self.positions is not None:
+      self_bias = self_bias + position_bias(
+          RelativePositionBias(cfg, bidirectional=False, name='relpos_bias'), self.positions)
+    drop = nn.Dropout(cfg.dropout_rate)
+    h = RMSNorm(cfg, name='pre_self_attention_layer_norm')(y)
+    h = MultiHeadAttention(cfg, self.deterministic, self.decode, name='self_attention')(
+        h, h, self_bias, self_prefix)
+    y = y + drop(h, deterministic=self.deterministic)
+    h = RMSNorm(cfg, name='pre_cross_attention_layer_norm')(y)
+    h = MultiHeadAttention(cfg, self.deterministic, name='encoder_decoder_attention')(
+        h, encoded, cross_bias, cross_prefix)
+    y = y + drop(h, deterministic=self.deterministic)
+    h = RMSNorm(cfg, name='pre_mlp_layer_norm')(y)
+    h = MLP(cfg, self.deterministic, name='mlp')(h)
+    y = y + drop(h, deterministic=self.deterministic)
+    y = nn.with_logical_constraint(y, ('batch', 'length', 'embed'))
+    return (y, None) if self.scanned else y
+
+
+def _layer_prefix(prefix: Optional[Tuple[Array, Array]], i: int) -> Optional[Prefix]:
+  return None if prefix is None else (prefix[0][i], prefix[1][i])
+
+
+def _run_stack(parent: nn.Module, layer_cls, num_layers: int, carry: Array,
+               broadcast_args: Tuple, scanned_args: Tuple, **layer_kwargs) -> Array:
+  """Runs `num_layers` layers named layers_i, or one nn.scan named 'layers'.
+
+  `scanned_args` hold per-layer values with a leading layer axis (or None).
+  """
+  cfg = parent.config
+  cls = _remat(layer_cls, cfg)
+  if cfg.scan_layers:
+    in_axes = (nn.broadcast,) * len(broadcast_args) + tuple(
+        nn.broadcast if a is None else 0 for a in scanned_args)
+    stack = nn.scan(
+        cls, variable_axes={'params': 0, 'cache': 0},
+        split_rngs={'params': True, 'dropout': True}, in_axes=in_axes,
+        length=num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
+    carry, _ = stack(cfg, scanned=True, name='layers', parent=parent, **layer_kwargs)(
+        carry, *broadcast_args, *scanned_args)
+    return carry
+  for i in range(num_layers):
+    layer = cls(cfg, name=f'layers_{i}', parent=parent, **layer_kwargs)
+    carry = layer(carry, *broadcast_args,
+                  *(None if a is None else jax.tree.map(lambda t: t[i], a) for a in scanned_args))
+  return carry
+
+
+class Encoder(nn.Module):
+  """Embeds (with an optional prepended prompt) and encodes the inputs."""
+
+  config: T5Config
+  shared_embedding: nn.Module
+  prefix_position: str = 'none'
+
+  @nn.compact
+  def __call__(self, tokens: Array, prompt: Optional[Array] = None,
+               prefix: Optional[Tuple[Array, Array]] = None,
+               deterministic: bool = True) -> Tuple[Array, Array]:
+    """Returns (encoded [batch, prompt + length, emb], valid [batch, prompt + length])."""
+    cfg = self.config
+    x = self.shared_embedding(tokens)
+    valid = tokens > 0
+    if prompt is not None:
+      prompt = jnp.broadcast_to(prompt, (tokens.shape[0],) + prompt.shape[-2:]).astype(x.dtype)
+      x = jnp.concatenate([prompt, x], axis=1)
+      valid = jnp.concatenate([jnp.ones(prompt.shape[:2], bool), valid], axis=1)
+    x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+
+    length = x.shape[1]
+    prefix_len = 0 if prefix is None else prefix[0].shape[2]
+    positions = Positions(tuple(range(length)), tuple(range(length)), prefix_len, True,
+                          self.prefix_position)
+    key_valid = jnp.concatenate([jnp.ones((x.shape[0], prefix_len), bool), valid], axis=1)
+    bias = jnp.where(key_valid, 0.0, NEG_INF)[:, None, None, :]
+    if not cfg.per_layer_relpos_bias:
+      bias = bias + position_bias(
+          RelativePositionBias(cfg, bidirectional=True, name='relpos_bias'), positions)
+    x = _run_stack(self, EncoderLayer, cfg.num_encoder_layers, x, (bias,), (prefix,),
+                   deterministic=deterministic,
+                   positions=positions if cfg.per_layer_relpos_bias else None)
+    x = RMSNorm(cfg, name='encoder_norm')(x)
+    return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic), valid
+
+
+class Decoder(nn.Module):
+  """Causal decoder with cross-attention and the output projection."""
+
+  config: T5Config
+  shared_embedding: nn.Module
+  prefix_position: str = 'none'
+
+  @nn.compact
+  def __call__(self, encoded: Array, encoder_valid: Array, tokens: Array,
+               self_prefix: Optional[Tuple[Array, Array]] = None,
+               cross_prefix: Optional[Tuple[Array, Array]] = None,
+               deterministic: bool = True, decode: bool = False,
+               max_decode_length: Optional[int] = None) -> Array:
+    """Returns float32 logits [batch, length, vocab].
+
+    In decode mode `tokens` is one step [batch, 1] (after the initializing
+    call) and `max_decode_length` is the cache length.
+    """
+    cfg = self.config
+    y = self.shared_embedding(tokens)
+    y = nn.with_logical_constraint(y, ('batch', 'length', 'embed'))
+    y = nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+
+    length = max_decode_length if decode and max_decode_length else tokens.shape[1]
+    self_prefix_len = 0 if self_prefix is None else self_prefix[0].shape[2]
+    positions = Positions(tuple(range(length)), tuple(range(length)), self_prefix_len, False,
+                          self.prefix_position)
+    causal = np.tril(np.ones((length, length), bool))
+    causal = np.concatenate([np.ones((length, self_prefix_len), bool), causal], axis=1)
+    self_bias = jnp.asarray(np.where(causal, 0.0, NEG_INF), jnp.float32)[None, None]
+    if not cfg.per_layer_relpos_bias:
+      self_bias = self_bias + position_bias(
+          RelativePositionBias(cfg, bidirectional=False, name='relpos_bias'), positions)
+    cross_prefix_len = 0 if cross_prefix is None else cross_prefix[0].shape[2]
+    cross_valid = jnp.concatenate(
+        [jnp.ones((encoder_valid.shape[0], cross_prefix_len), bool), encoder_valid], axis=1)
+    cross_bias = jnp.where(cross_valid, 0.0, NEG_INF)[:, None, None, :]
+
+    y = _run_stack(self, DecoderLayer, cfg.num_decoder_layers, y,
+                   (encoded, self_bias, cross_bias), (self_prefix, cross_prefix),
+                   deterministic=deterministic, decode=decode,
+                   positions=positions if cfg.per_layer_relpos_bias else None)
+    y = RMSNorm(cfg, name='decoder_norm')(y)
+    y = nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+    if cfg.logits_via_embedding:
+      logits = self.shared_embedding.attend(y * (cfg.emb_dim ** -0.5))
+    else:
+      logits = Dense(cfg.vocab_size, ('embed', 'vocab'), normal(cfg.emb_dim ** -0.5), cfg,
+                     name='logits_dense')(y)
+    logits = nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
+    return logits.astype(jnp.float32)
+
+
+class T5(nn.Module):
+  """Encoder-decoder T5. `prefix_position` picks how prefix keys see positions."""
+
+  config: T5Config
+  prefix_position: str = 'none'
+
+  def setup(self):
+    if self.prefix_position not in PREFIX_POSITIONS:
+      raise ValueError(f'prefix_position must be one of {PREFIX_POSITIONS}, '
+                       f'got {self.prefix_position!r}')
+    self.token_embedder = Embed(self.config)
+    self.encoder = Encoder(self.config, self.token_embedder, self.prefix_position)
+    self.decoder = Decoder(self.config, self.token_embedder, self.prefix_position)
+
+  def encode(self, encoder_tokens: Array, prompt: Optional[Array] = None,
+             prefixes: Optional[Prefixes] = None,
+             deterministic: bool = True) -> Tuple[Array, Array]:
+    prefixes = prefixes or {}
+    return self.encoder(encoder_tokens, prompt, prefixes.get('encoder'), deterministic)
+
+  def decode(self, encoded: Array, encoder_valid: Array, decoder_tokens: Array,
+             prefixes: Optional[Prefixes] = None, deterministic: bool = True,
+             decode: bool = False, max_decode_length: Optional[int] = None) -> Array:
+    prefixes = prefixes or {}
+    return self.decoder(encoded, encoder_valid, decoder_tokens, prefixes.get('decoder_self'),
+                        prefixes.get('decoder_cross'), deterministic, decode, max_decode_length)
+
+  def __call__(self, encoder_tokens: Array, decoder_tokens: Array,
+               prompt: Optional[Array] = None, prefixes: Optional[Prefixes] = None,
+               deterministic: bool = True) -> Array:
+    """Teacher-forced logits [batch, target_len, vocab] (float32)."""
+    encoded, valid = self.encode(encoder_tokens, prompt, prefixes, deterministic)
+    return self.decode(encoded, valid, decoder_tokens, prefixes, deterministic)
+
+
+def init_params(config: T5Config, rng: Array) -> Dict:
+  """Random parameters (unboxed) for `config`."""
+  tokens = jnp.ones((1, 2), jnp.int32)
+  variables = T5(config).init(rng, tokens, tokens)
+  return nn.unbox(variables['params'])
+
+
+def logical_axes(config: T5Config) -> Dict:
+  """The pytree of logical axis names (PartitionSpec of names) of every parameter."""
+  tokens = jax.ShapeDtypeStruct((1, 2), jnp.int32)
+  abstract = jax.eval_shape(lambda t: T5(config).init(jax.random.key(0), t, t), tokens)
+  return nn.get_partition_spec(abstract['params'])
+
+
+def abstract_params(config: T5Config) -> Dict:
+  """ShapeDtypeStructs of every parameter, without allocating any."""
+  return jax.eval_shape(functools.partial(init_params, config), jax.random.key(0))

@@ -1,0 +1,80 @@
+"""T5's SentencePiece vocabulary without TensorFlow.
+
+Ids follow T5: pad 0, eos 1, unk 2, the SentencePiece pieces, then
+`extra_ids` sentinels counted down from the top (`<extra_id_0>` is the
+highest id), exactly as seqio.SentencePieceVocabulary does.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import List, Sequence
+
+import sentencepiece as spm
+
+DEFAULT_EXTRA_IDS = 100
+# The public T5 vocabulary; readable with network access only.
+T5_VOCAB_GCS = 'gs://t5-data/vocabs/cc_all.32000/sentencepiece.model'
+
+
+def _read_bytes(path: str) -> bytes:
+  if path.startswith('gs://'):
+    import tensorstore as ts
+    bucket, _, key = path[len('gs://'):].partition('/')
+    store = ts.KvStore.open(f'gs://{bucket}/').result()
+    result = store.read(key).result()
+    if result.state != 'value':
+      raise FileNotFoundError(f'{path}: not found')
+    return bytes(result.value)
+  with open(path, 'rb') as f:
+    return f.read()
+
+
+class Vocabulary:
+  """Encode/decode text with a SentencePiece model plus T5 sentinel ids."""
+
+  def __init__(self, path: str, extra_ids: int = DEFAULT_EXTRA_IDS):
+    path = os.fspath(path)
+    try:
+      proto = _read_bytes(path)
+    except OSError as e:
+      raise FileNotFoundError(f'{path}: cannot read the SentencePiece model: {e}') from e
+    self._sp = spm.SentencePieceProcessor()
+    try:
+      self._sp.LoadFromSerializedProto(proto)
+    except RuntimeError as e:
+      raise ValueError(f'{path}: not a SentencePiece model: {e}') from e
+    self.path = path
+    self.extra_ids = extra_ids
+
+  @property
+  def base_size(self) -> int:
+    return self._sp.GetPieceSize()
+
+  @property
+  def vocab_size(self) -> int:
+    return self.base_size + self.extra_ids
+
+  pad_id = 0
+  eos_id = 1
+
+  def sentinel(self, i: int) -> int:
+    """Id of `<extra_id_i>`."""
+    if not 0 <= i < self.extra_ids:
+      raise ValueError(f'sentinel index {i} outside [0, {self.extra_ids})')
+    return self.vocab_size - 1 - i
+
+  def encode(self, text: str) -> List[int]:
+    """Ids of `text`, without EOS."""
+    return list(self._sp.EncodeAsIds(text))
+
+  def decode(self, ids: Sequence[int]) -> str:
+    """Text of `ids`, stopping at EOS and skipping padding and sentinels."""
+    kept = []
+    for i in ids:
+      i = int(i)
+      if i == self.eos_id:
+        break
+      if i != self.pad_id and i < self.base_size:
+        kept.append(i)
+    return self._sp.DecodeIds(kept)
