@@ -10,8 +10,8 @@ Public API:
 from jaxpt.checkpoints.errors import CheckpointError
 from jaxpt.checkpoints.load import load_model
 from jaxpt.checkpoints.save import save_hf, save_model
-from jaxpt.model.config import T5Config, preset
-from jaxpt.model.model import Model
+from jaxpt.models.config import T5Config, preset
+from jaxpt.models.model import Model
 
 __all__ = ['CheckpointError', 'Model', 'T5Config', 'load_model', 'preset', 'save_hf',
            'save_model']

@@ -8,8 +8,8 @@ from typing import Any, Optional
 
 from jaxpt.checkpoints.errors import CheckpointError
 from jaxpt.checkpoints.validate import check_params
-from jaxpt.model.model import Model
-from jaxpt.model.scan import stack_layers
+from jaxpt.models.model import Model
+from jaxpt.models.scan import stack_layers
 
 _T5X_STEP_DIR = re.compile(r'checkpoint_(\d+)$')
 

@@ -9,12 +9,12 @@ from typing import Any, Dict, Optional, Tuple
 import jax
 
 from jaxpt.checkpoints.errors import CheckpointError
-from jaxpt.model.config import T5Config
-from jaxpt.model.scan import unstack_layers
-from jaxpt.model.t5 import abstract_params
+from jaxpt.models.config import T5Config
+from jaxpt.models.scan import unstack_layers
+from jaxpt.models.t5 import abstract_params
 
 MANIFEST = 'jaxpt_model.json'
-FORMAT = 'jaxpt.model'
+FORMAT = 'jaxpt.models'
 VERSION = 1
 
 

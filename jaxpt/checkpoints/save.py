@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from jaxpt.model.model import Model
-from jaxpt.model.scan import unstack_layers
+from jaxpt.models.model import Model
+from jaxpt.models.scan import unstack_layers
 
 
 def save_hf(model: Model, directory: str, vocab_path: Optional[str] = None) -> None:

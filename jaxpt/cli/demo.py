@@ -15,8 +15,8 @@ import jax
 import numpy as np
 
 import jaxpt
-from jaxpt.model.config import preset
-from jaxpt.model.t5 import init_params
+from jaxpt.models.config import preset
+from jaxpt.models.t5 import init_params
 
 
 def run(seed: int = 0) -> None:

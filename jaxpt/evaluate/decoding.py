@@ -7,7 +7,7 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
-from jaxpt.model.t5 import T5, Prefixes
+from jaxpt.models.t5 import T5, Prefixes
 
 Array = jax.Array
 

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxpt.model.config import T5Config
+from jaxpt.models.config import T5Config
 
 Array = jax.Array
 Initializer = Callable[..., Array]

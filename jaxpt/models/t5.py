@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpt.model.attention import NEG_INF, MultiHeadAttention, Prefix, RelativePositionBias
-from jaxpt.model.config import T5Config
-from jaxpt.model.layers import MLP, Dense, Embed, RMSNorm, normal
+from jaxpt.models.attention import NEG_INF, MultiHeadAttention, Prefix, RelativePositionBias
+from jaxpt.models.config import T5Config
+from jaxpt.models.layers import MLP, Dense, Embed, RMSNorm, normal
 
 Array = jax.Array
 # Stacked per-layer prefixes: name -> (keys, values), each

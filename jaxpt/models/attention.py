@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpt.model.config import T5Config
-from jaxpt.model.layers import Dense, normal
+from jaxpt.models.config import T5Config
+from jaxpt.models.layers import Dense, normal
 
 Array = jax.Array
 # A key/value prefix for one attention: two [batch, prefix_len, heads, head_dim] arrays.

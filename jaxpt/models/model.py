@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpt.evaluate.decoding import greedy_decode
-from jaxpt.model.config import T5Config, find_preset
-from jaxpt.model.t5 import T5
+from jaxpt.models.config import T5Config, find_preset
+from jaxpt.models.t5 import T5
 
 
 @functools.lru_cache(maxsize=None)
