@@ -126,6 +126,8 @@ _SIZES_1_0 = {
     '3b': (1024, 32, 128, 16384, 24),
     '11b': (1024, 128, 128, 65536, 24),
 }
+_SIZES_1_0['xl'] = _SIZES_1_0['3b']  # the issue's size names; T5 1.0 calls them 3B and 11B
+_SIZES_1_0['xxl'] = _SIZES_1_0['11b']
 _SIZES_1_1 = {
     'small': (512, 6, 64, 1024, 8),
     'base': (768, 12, 64, 2048, 12),
@@ -147,7 +149,7 @@ _FAMILIES = {
 def preset(family: str, size: str, **overrides: Any) -> T5Config:
   """Returns the config of a public T5 checkpoint, e.g. preset('t5_1_1', 'xxl').
 
-  Families: t5_1_0 (sizes small, base, large, 3b, 11b), t5_1_1, lm_adapt,
+  Families: t5_1_0 (sizes small, base, large, 3b = xl, 11b = xxl), t5_1_1, lm_adapt,
   flan_t5, mt5 (sizes small, base, large, xl, xxl); every family also has
   'tiny'. Keyword overrides replace fields (e.g. dtype='bfloat16').
   """
