@@ -16,7 +16,7 @@ _T5X_STEP_DIR = re.compile(r'checkpoint_(\d+)$')
 
 def detect_format(path: str) -> str:
   """'hf', 't5x' or 'jaxpt' for a checkpoint path; CheckpointError otherwise."""
-  from jaxpt.checkpoints import hf, native
+  from jaxpt.checkpoints import native
 
   if path.startswith('gs://'):
     return 't5x'

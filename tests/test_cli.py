@@ -1,0 +1,32 @@
+"""The `jaxpt` command: the README's main job and clean errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from jaxpt.cli.main import main
+
+
+def test_demo_runs_offline(capsys):
+  main(['demo'])
+  out = capsys.readouterr().out
+  assert 'RANDOM' in out  # says honestly that the weights are random
+  assert 'reloaded from HF directory: max |logit difference|' in out
+  assert 'greedy decode' in out
+
+
+def test_bad_path_exits_2_without_traceback(tmp_path):
+  proc = subprocess.run([sys.executable, '-m', 'jaxpt', 'summary', str(tmp_path / 'nope')],
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2
+  assert 'no such file or directory' in proc.stderr
+  assert 'Traceback' not in proc.stderr
+
+
+def test_unknown_command_is_a_usage_error(capsys):
+  with pytest.raises(SystemExit) as e:
+    main(['tran'])
+  assert e.value.code == 2
