@@ -16,12 +16,26 @@ from jaxpt.models.t5 import T5
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(config: T5Config, prefix_position: str):
-  module = T5(config, prefix_position)
-  logits = jax.jit(lambda params, enc, dec: module.apply({'params': params}, enc, dec))
-  generate = jax.jit(lambda params, enc, n: greedy_decode(module, params, enc, n),
-                     static_argnums=2)
-  return module, logits, generate
+def _compiled(config: T5Config, method: Any):
+  """Jitted (logits, generate) for a config and an optional soft-prompt method."""
+
+  def soft(method_params, batch):
+    if method is None:
+      return None, None, 'none'
+    s = method.soft_inputs(method_params, config, batch)
+    return s.prompt, s.prefixes, s.prefix_position
+
+  def logits(params, method_params, enc, dec):
+    prompt, prefixes, position = soft(method_params, enc.shape[0])
+    return T5(config, position).apply({'params': params}, enc, dec, prompt=prompt,
+                                      prefixes=prefixes)
+
+  def generate(params, method_params, enc, n):
+    prompt, prefixes, position = soft(method_params, enc.shape[0])
+    return greedy_decode(T5(config, position), params, enc, n, prompt=prompt,
+                         prefixes=prefixes)
+
+  return jax.jit(logits), jax.jit(generate, static_argnums=3)
 
 
 def _check_tokens(name: str, tokens: Any, vocab_size: int) -> np.ndarray:
@@ -39,15 +53,22 @@ def _check_tokens(name: str, tokens: Any, vocab_size: int) -> np.ndarray:
 
 @dataclasses.dataclass
 class Model:
-  """A T5 backbone: `config`, `params` (a pytree of arrays) and where it came from."""
+  """A T5 backbone: `config`, `params` (a pytree of arrays) and where it came from.
+
+  With `method` and `method_params` (a prompt or prefix, e.g. attached by
+  `load_model(path, prompt=...)`), `logits` and `generate` include them.
+  """
 
   config: T5Config
   params: Any
   source: str = ''
+  method: Any = None
+  method_params: Any = None
 
   @property
   def module(self) -> T5:
-    return _compiled(self.config, 'none')[0]
+    position = 'none' if self.method is None else getattr(self.method, 'prefix_position', 'none')
+    return T5(self.config, position)
 
   def logits(self, encoder_input_tokens: Any, decoder_input_tokens: Any) -> np.ndarray:
     """Teacher-forced logits.
@@ -64,16 +85,18 @@ class Model:
     dec = _check_tokens('decoder_input_tokens', decoder_input_tokens, self.config.vocab_size)
     if enc.shape[0] != dec.shape[0]:
       raise ValueError(f'batch sizes differ: encoder {enc.shape[0]}, decoder {dec.shape[0]}')
-    _, logits, _ = _compiled(self.config, 'none')
-    return np.asarray(logits(self.params, jnp.asarray(enc), jnp.asarray(dec)), np.float32)
+    logits, _ = _compiled(self.config, self.method)
+    return np.asarray(logits(self.params, self.method_params, jnp.asarray(enc),
+                             jnp.asarray(dec)), np.float32)
 
   def generate(self, encoder_input_tokens: Any, max_length: int = 32) -> np.ndarray:
     """Greedy decoding: int32 [batch, max_length], 0 after EOS."""
     enc = _check_tokens('encoder_input_tokens', encoder_input_tokens, self.config.vocab_size)
     if max_length <= 0:
       raise ValueError(f'max_length must be positive, got {max_length}')
-    _, _, generate = _compiled(self.config, 'none')
-    return np.asarray(generate(self.params, jnp.asarray(enc), int(max_length)))
+    _, generate = _compiled(self.config, self.method)
+    return np.asarray(generate(self.params, self.method_params, jnp.asarray(enc),
+                               int(max_length)))
 
   def num_params(self) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(self.params)))

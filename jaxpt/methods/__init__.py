@@ -1,0 +1,16 @@
+"""What is trained on a frozen backbone: soft prompts, prefixes, and the split.
+
+Every method is a frozen dataclass with the same three pure functions:
+`init(rng, backbone) -> params`, `soft_inputs(params, config, batch_size,
+task_ids) -> SoftInputs` (what the T5 forward takes: a prompt and/or prefixes) and
+`merge(params) -> params` (folds any reparameterization away for inference).
+"""
+
+from jaxpt.methods.interface import Backbone, Method, SoftInputs
+from jaxpt.methods.model_tuning import ModelTuning
+from jaxpt.methods.prefix import PrefixTuning
+from jaxpt.methods.prompt import PromptTuning
+from jaxpt.methods.split import EVERYTHING, PROMPT_ONLY, combine, partition
+
+__all__ = ['Backbone', 'EVERYTHING', 'Method', 'ModelTuning', 'PROMPT_ONLY', 'PrefixTuning',
+           'PromptTuning', 'SoftInputs', 'combine', 'partition']

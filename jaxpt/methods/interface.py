@@ -1,0 +1,56 @@
+"""The interface every soft-prompt method implements."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, NamedTuple, Optional, Protocol, Sequence
+
+import jax
+
+from jaxpt.models.config import T5Config
+from jaxpt.models.t5 import Prefixes
+
+Array = jax.Array
+
+
+class SoftInputs(NamedTuple):
+  """What a method adds to the T5 forward pass.
+
+  prompt: [P, d] or [batch, P, d] embeddings prepended to the encoder input.
+  prefixes: per-attention stacked (keys, values), see `jaxpt.models.t5.Prefixes`.
+  prefix_position: how prefix keys see relative positions ('none' or 'offset').
+  """
+  prompt: Optional[Array] = None
+  prefixes: Optional[Prefixes] = None
+  prefix_position: str = 'none'
+
+
+class Backbone(NamedTuple):
+  """What initializers may read from the frozen model.
+
+  config: its T5Config. embedding: the [vocab, d] token embedding (for
+  vocabulary-based inits). encode: text -> token ids without EOS (for class
+  label / text inits), or None when no vocabulary is at hand.
+  """
+  config: T5Config
+  embedding: Any
+  encode: Optional[Callable[[str], Sequence[int]]] = None
+
+
+class Method(Protocol):
+  """A soft-prompt method: static hyperparameters, pure functions over params."""
+
+  name: str
+
+  @property
+  def prompt_length(self) -> int:
+    """Encoder positions the method occupies (0 for prefixes), for truncation."""
+
+  def init(self, rng: Array, backbone: Backbone) -> Dict[str, Any]:
+    """Fresh trainable parameters."""
+
+  def soft_inputs(self, params: Dict[str, Any], config: T5Config, batch_size: int,
+                  task_ids: Optional[Array] = None) -> SoftInputs:
+    """The prompt / prefixes for a batch; `task_ids` [batch] picks per-example prompts."""
+
+  def merge(self, params: Dict[str, Any]) -> Dict[str, Any]:
+    """Parameters with any reparameterization folded in (same outputs)."""

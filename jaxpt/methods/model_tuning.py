@@ -1,0 +1,34 @@
+"""Full model tuning: no soft inputs; the backbone itself is trained.
+
+Paired with the trainable rule `split.EVERYTHING`, it runs through exactly the
+same training step as the soft-prompt methods, so the two compare on equal terms.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Optional
+
+import jax
+
+from jaxpt.methods.interface import Backbone, SoftInputs
+from jaxpt.models.config import T5Config
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelTuning:
+  name: str = 'model_tuning'
+
+  @property
+  def prompt_length(self) -> int:
+    return 0
+
+  def init(self, rng: jax.Array, backbone: Backbone) -> Dict[str, Any]:
+    return {}
+
+  def soft_inputs(self, params: Dict[str, Any], config: T5Config, batch_size: int,
+                  task_ids: Optional[jax.Array] = None) -> SoftInputs:
+    return SoftInputs()
+
+  def merge(self, params: Dict[str, Any]) -> Dict[str, Any]:
+    return params

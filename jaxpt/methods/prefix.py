@@ -1,0 +1,157 @@
+"""Prefix tuning (Li & Liang 2021): trainable keys and values in attention layers.
+
+`style='paper'` puts a prefix in every attention (encoder self, decoder self,
+decoder cross), each kind with its own reparameterization: a [P, d] embedding
+through Linear -> tanh -> Linear (mid width 512) to all layers' keys and values.
+Prefix keys carry no relative position (bias 0).
+
+`style='peft'` is Hugging Face peft's variant, kept for interop: one [P, 2L*H*Dh]
+tensor with L = encoder depth, used only by decoder self-attention, decoder
+layer i reading layer slot (2i mod L), prefix keys at positions before the
+sequence. Its reparameterization is peft's: Embedding(P, H*Dh) -> Linear ->
+tanh -> Linear.
+
+Either way a stored prefix row is laid out [layers, 2 (key, value), heads,
+head_dim], peft's layout; `merge` replaces the MLP by its output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Dict, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxpt.methods.interface import Backbone, SoftInputs
+from jaxpt.models.config import T5Config
+
+Array = jax.Array
+STYLES = ('paper', 'peft')
+
+
+def _linear_init(rng: Array, fan_in: int, fan_out: int) -> Dict[str, Array]:
+  """torch.nn.Linear's default init (kernel [in, out]), so peft-style starts alike."""
+  k1, k2 = jax.random.split(rng)
+  bound = 1.0 / math.sqrt(fan_in)
+  return {'kernel': jax.random.uniform(k1, (fan_in, fan_out), jnp.float32, -bound, bound),
+          'bias': jax.random.uniform(k2, (fan_out,), jnp.float32, -bound, bound)}
+
+
+def reparameterize(params: Dict[str, Any]) -> Array:
+  """embedding [P, e] -> tanh MLP -> [P, F] (the paper's MLP reparameterization)."""
+  h = jnp.tanh(params['embedding'] @ params['hidden']['kernel'] + params['hidden']['bias'])
+  return h @ params['output']['kernel'] + params['output']['bias']
+
+
+@dataclasses.dataclass(frozen=True)
+class PrefixTuning:
+  """Trainable key/value prefixes of `length` positions.
+
+  Attributes:
+    length: prefix positions per attention.
+    style: 'paper' (every attention) or 'peft' (peft's decoder-self-only variant).
+    reparameterize: train through the MLP (the paper's recipe); `merge` folds it.
+    hidden_dim: the MLP's mid width (512 in the paper).
+    num_prompts: prefixes kept side by side (mixed-task batches).
+  """
+
+  length: int = 10
+  style: str = 'paper'
+  reparameterize: bool = True
+  hidden_dim: int = 512
+  num_prompts: int = 1
+  name: str = 'prefix_tuning'
+
+  def __post_init__(self):
+    if self.length <= 0:
+      raise ValueError(f'prefix length must be positive, got {self.length}')
+    if self.style not in STYLES:
+      raise ValueError(f'unknown prefix style {self.style!r}; expected one of {STYLES}')
+    if self.num_prompts <= 0:
+      raise ValueError(f'num_prompts must be positive, got {self.num_prompts}')
+
+  @property
+  def prompt_length(self) -> int:
+    return 0
+
+  @property
+  def prefix_position(self) -> str:
+    return 'offset' if self.style == 'peft' else 'none'
+
+  def kinds(self, config: T5Config) -> Dict[str, int]:
+    """Attention kind -> number of layer slots it stores."""
+    if self.style == 'peft':
+      if config.num_decoder_layers > config.num_encoder_layers:
+        raise ValueError(
+            f"peft-style prefixes need num_decoder_layers <= num_encoder_layers (peft's layout "
+            f'has encoder-depth slots); got {config.num_encoder_layers}+'
+            f'{config.num_decoder_layers}')
+      return {'decoder_self': config.num_encoder_layers}
+    return {'encoder': config.num_encoder_layers,
+            'decoder_self': config.num_decoder_layers,
+            'decoder_cross': config.num_decoder_layers}
+
+  def _init_one(self, rng: Array, config: T5Config) -> Dict[str, Any]:
+    token_dim = config.num_heads * config.head_dim
+    params = {}
+    for kind, layers in self.kinds(config).items():
+      rng, k_emb, k_hidden, k_out = jax.random.split(rng, 4)
+      width = layers * 2 * token_dim
+      if not self.reparameterize:
+        params[kind] = {'prefix': jax.random.normal(k_emb, (self.length, width), jnp.float32)}
+        continue
+      emb_dim = token_dim if self.style == 'peft' else config.emb_dim
+      params[kind] = {
+          'embedding': jax.random.normal(k_emb, (self.length, emb_dim), jnp.float32),
+          'hidden': _linear_init(k_hidden, emb_dim, self.hidden_dim),
+          'output': _linear_init(k_out, self.hidden_dim, width),
+      }
+    return params
+
+  def init(self, rng: Array, backbone: Backbone) -> Dict[str, Any]:
+    if self.num_prompts == 1:
+      return self._init_one(rng, backbone.config)
+    trees = [self._init_one(k, backbone.config) for k in jax.random.split(rng, self.num_prompts)]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+  def flat_prefixes(self, params: Dict[str, Any]) -> Dict[str, Array]:
+    """Attention kind -> [(num_prompts,) P, layers * 2 * heads * head_dim]."""
+    out = {}
+    for kind, p in params.items():
+      if 'prefix' in p:
+        out[kind] = p['prefix']
+      elif p['embedding'].ndim == 3:
+        out[kind] = jax.vmap(reparameterize)(p)
+      else:
+        out[kind] = reparameterize(p)
+    return out
+
+  def merge(self, params: Dict[str, Any]) -> Dict[str, Any]:
+    return {kind: {'prefix': flat} for kind, flat in self.flat_prefixes(params).items()}
+
+  def soft_inputs(self, params: Dict[str, Any], config: T5Config, batch_size: int,
+                  task_ids: Optional[Array] = None) -> SoftInputs:
+    prefixes = {}
+    for kind, flat in self.flat_prefixes(params).items():
+      if flat.ndim == 3:
+        if task_ids is None:
+          raise ValueError(f'{flat.shape[0]} prefixes are kept: each example needs a task id')
+        flat = jnp.take(flat, task_ids, axis=0)  # [B, P, F]
+      else:
+        flat = jnp.broadcast_to(flat, (batch_size,) + flat.shape)
+      prefixes[kind] = self._to_keys_values(kind, flat, config)
+    return SoftInputs(prefixes=prefixes, prefix_position=self.prefix_position)
+
+  def _to_keys_values(self, kind: str, flat: Array,
+                      config: T5Config) -> Tuple[Array, Array]:
+    """[B, P, L*2*H*D] -> (keys, values), each [layers, B, P, H, D]."""
+    b, p, width = flat.shape
+    slots = width // (2 * config.num_heads * config.head_dim)
+    kv = flat.reshape(b, p, slots, 2, config.num_heads, config.head_dim)
+    if self.style == 'peft' and kind == 'decoder_self':
+      # peft's EncoderDecoderCache split: decoder layer i reads layer slot (2i mod L).
+      kv = kv[:, :, [(2 * i) % slots for i in range(config.num_decoder_layers)]]
+    kv = jnp.transpose(kv, (2, 3, 0, 1, 4, 5))  # [L, 2, B, P, H, D]
+    return kv[:, 0], kv[:, 1]

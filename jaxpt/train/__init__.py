@@ -1,0 +1,1 @@
+"""Training: the loss, the optimizer recipes, the step and the loop."""

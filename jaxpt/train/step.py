@@ -1,0 +1,104 @@
+"""The training step: gradients and optimizer state for the trainable leaves only.
+
+Parameters live in one tree {'backbone': T5 params, 'method': method params},
+split by `jaxpt.methods.split.partition` into `trainable` and `frozen`. The
+step differentiates a function of `trainable` alone, with `frozen` a plain
+(non-donated) argument: XLA never materializes gradients of frozen weights,
+the optimizer state has only trainable leaves, and frozen arrays are never
+copied between steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxpt.methods.interface import Method
+from jaxpt.methods.split import combine
+from jaxpt.models.config import T5Config
+from jaxpt.models.t5 import T5
+from jaxpt.train.loss import loss_and_metrics
+
+Array = jax.Array
+Batch = Mapping[str, Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a training checkpoint holds besides the data position."""
+  step: Array
+  trainable: Any
+  opt_state: Any
+
+
+def init_state(trainable: Any, optimizer: optax.GradientTransformation) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
+                    opt_state=optimizer.init(trainable))
+
+
+def forward(config: T5Config, method: Method, params: Dict[str, Any], batch: Batch, *,
+            deterministic: bool = True, rng: Optional[Array] = None) -> Array:
+  """Teacher-forced logits of `batch` with the method's prompt / prefixes."""
+  enc = batch['encoder_input_tokens']
+  soft = method.soft_inputs(params.get('method', {}), config, enc.shape[0],
+                            batch.get('task_ids'))
+  module = T5(config, soft.prefix_position)
+  rngs = {'dropout': rng} if (rng is not None and not deterministic) else {}
+  return module.apply({'params': params['backbone']}, enc, batch['decoder_input_tokens'],
+                      prompt=soft.prompt, prefixes=soft.prefixes,
+                      deterministic=deterministic, rngs=rngs)
+
+
+def _weights(batch: Batch) -> Array:
+  if 'decoder_loss_weights' in batch:
+    return batch['decoder_loss_weights']
+  return (batch['decoder_target_tokens'] > 0).astype(jnp.float32)
+
+
+def make_train_step(config: T5Config, method: Method, optimizer: optax.GradientTransformation,
+                    *, label_smoothing: float = 0.0, z_loss: float = 0.0
+                    ) -> Callable[[TrainState, Any, Batch, Array], Tuple[TrainState, Dict]]:
+  """Returns `step(state, frozen, batch, rng) -> (state, metrics)` (jit it yourself).
+
+  A step whose loss or gradients are not finite leaves the state unchanged
+  and reports `metrics['finite'] = False`; the loop stops on it.
+  """
+
+  def loss_fn(trainable, frozen, batch, rng):
+    params = combine(trainable, frozen)
+    logits = forward(config, method, params, batch, deterministic=False, rng=rng)
+    return loss_and_metrics(logits, batch['decoder_target_tokens'], _weights(batch),
+                            label_smoothing=label_smoothing, z_loss=z_loss)
+
+  def step(state: TrainState, frozen: Any, batch: Batch, rng: Array):
+    rng = jax.random.fold_in(rng, state.step)
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.trainable, frozen, batch, rng)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
+    trainable = optax.apply_updates(state.trainable, updates)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = TrainState(step=state.step + finite.astype(jnp.int32),
+                           trainable=keep(trainable, state.trainable),
+                           opt_state=keep(opt_state, state.opt_state))
+    return new_state, dict(metrics, grad_norm=grad_norm, finite=finite)
+
+  return step
+
+
+def make_eval_step(config: T5Config, method: Method, *, label_smoothing: float = 0.0,
+                   z_loss: float = 0.0) -> Callable[[Any, Any, Batch], Dict]:
+  """Returns `eval_step(trainable, frozen, batch) -> metrics` (no dropout)."""
+
+  def eval_step(trainable, frozen, batch):
+    logits = forward(config, method, combine(trainable, frozen), batch)
+    _, metrics = loss_and_metrics(logits, batch['decoder_target_tokens'], _weights(batch),
+                                  label_smoothing=label_smoothing, z_loss=z_loss)
+    return metrics
+
+  return eval_step
