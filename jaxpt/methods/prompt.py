@@ -142,3 +142,29 @@ class PromptTuning:
 
   def merge(self, params: Dict[str, Any]) -> Dict[str, Any]:
     return params
+
+
+def input_length_for_prompt(prompt_length: int, max_length: int) -> int:
+  """Input tokens that fit beside a prompt in an encoder of `max_length` positions."""
+  if prompt_length >= max_length:
+    raise ValueError(f'a prompt of length {prompt_length} leaves no room for inputs in an '
+                     f'encoder length of {max_length}; raise the input length or shorten '
+                     f'the prompt')
+  return max_length - prompt_length
+
+
+def truncate_for_prompt(tokens: Any, prompt_length: int, max_length: int,
+                        eos_id: int = 1) -> np.ndarray:
+  """Cuts [batch, length] inputs to `max_length - prompt_length`, keeping each row's EOS.
+
+  Rows that are cut end in EOS, as T5's `append_eos_after_trim` does.
+  """
+  tokens = np.asarray(tokens)
+  keep = input_length_for_prompt(prompt_length, max_length)
+  if tokens.shape[1] <= keep:
+    return tokens
+  cut = tokens[:, :keep].copy()
+  overflow = (tokens[:, keep:] != 0).any(axis=1)
+  had_eos = (tokens == eos_id).any(axis=1)
+  cut[overflow & had_eos, -1] = eos_id
+  return cut
