@@ -10,6 +10,7 @@ import pytest
 import jaxpt
 from jaxpt.methods import (EVERYTHING, PROMPT_ONLY, Backbone, ModelTuning, PrefixTuning,
                            PromptTuning, combine, partition)
+from jaxpt.data.synthetic import two_class_batch
 from jaxpt.methods.prompt import truncate_for_prompt
 from jaxpt.models.config import preset
 from jaxpt.models.t5 import init_params
@@ -215,17 +216,6 @@ LEARN_CONFIG = preset('t5_1_1', 'tiny', vocab_size=64, emb_dim=64, num_heads=4, 
                       mlp_dim=128)
 
 
-def _two_class_batch(n, seed):
-  """Class 1 inputs use ids 3..33, class 0 ids 34..63; targets are 'word 10/11' + EOS."""
-  rng = np.random.RandomState(seed)
-  label = rng.randint(0, 2, n)
-  enc = np.where(label[:, None] == 1, rng.randint(3, 34, (n, 10)), rng.randint(34, 64, (n, 10)))
-  tgt = np.stack([np.where(label == 1, 10, 11), np.ones(n, int)], axis=1).astype(np.int32)
-  dec = np.concatenate([np.zeros((n, 1), np.int32), tgt[:, :-1]], axis=1)
-  return dict(encoder_input_tokens=enc.astype(np.int32), decoder_input_tokens=dec,
-              decoder_target_tokens=tgt), label
-
-
 @pytest.mark.parametrize('method,learning_rate', [
     (PromptTuning(length=8), 0.03),
     (PrefixTuning(length=8, hidden_dim=64), 0.005),
@@ -240,9 +230,9 @@ def test_tuning_learns_a_synthetic_task(method, learning_rate):
   step = jax.jit(make_train_step(LEARN_CONFIG, method, optimizer), donate_argnums=0)
   losses = []
   for i in range(300):
-    state, metrics = step(state, frozen, _two_class_batch(32, i)[0], jax.random.key(2))
+    state, metrics = step(state, frozen, two_class_batch(32, i)[0], jax.random.key(2))
     losses.append(float(metrics['loss']))
-  test, label = _two_class_batch(256, 10_000)
+  test, label = two_class_batch(256, 10_000)
   logits = forward(LEARN_CONFIG, method, combine(state.trainable, frozen), test)
   accuracy = float(np.mean((logits[:, 0, 10] > logits[:, 0, 11]) == (label == 1)))
   start, end = np.mean(losses[:5]), np.mean(losses[-20:])

@@ -1,49 +1,78 @@
 """`jaxpt demo`: the README's first command, offline on any machine.
 
-Builds a small T5 1.1-shaped model with random weights (no download), writes
-it as an HF directory and as a jaxpt directory, loads both back through
-`jaxpt.load_model`, checks they agree, and greedily decodes a batch.
+Prompt-tunes a small frozen T5 on the synthetic two-class task, evaluates it
+beside the frozen model's zero-shot accuracy, and writes the backbone (HF and
+jaxpt directories) and the prompt under `runs/demo/`. Until jaxpt ships a
+pretrained mini backbone, the frozen model is a random one made here, and the
+output says so.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 
 import jax
 import numpy as np
 
 import jaxpt
+from jaxpt.data.synthetic import LABEL_IDS, two_class_batch
+from jaxpt.methods import PROMPT_ONLY, Backbone, PromptTuning, combine, partition
 from jaxpt.models.config import preset
 from jaxpt.models.t5 import init_params
+from jaxpt.train.optim import make_optimizer
+from jaxpt.train.step import forward, init_state, make_train_step
+
+CONFIG = preset('t5_1_1', 'tiny', vocab_size=64, emb_dim=64, num_heads=4, head_dim=16,
+                mlp_dim=128)
 
 
-def run(seed: int = 0) -> None:
-  config = preset('t5_1_1', 'small', vocab_size=1024, num_encoder_layers=2,
-                  num_decoder_layers=2)
-  print('jaxpt demo: a T5 1.1-small-shaped model (2+2 layers, vocab 1024) with RANDOM '
-        'weights, made here: no network, no downloads.')
+def _accuracy(method, params, features, labels) -> float:
+  """Rank classification between the two label tokens (the paper's evaluation)."""
+  logits = jax.jit(lambda p: forward(CONFIG, method, p, features))(params)
+  scores = np.asarray(logits[:, 0, list(LABEL_IDS)])
+  return float(np.mean(scores.argmax(-1) == labels))
+
+
+def run(seed: int = 0, steps: int = 600, out_dir: str = os.path.join('runs', 'demo')) -> float:
+  """Runs the main job; returns the tuned accuracy."""
   start = time.perf_counter()
-  model = jaxpt.Model(config, init_params(config, jax.random.key(seed)), source='random init')
-  rng = np.random.default_rng(seed)
-  inputs = rng.integers(2, config.vocab_size, size=(4, 32), dtype=np.int32)
-  inputs[1, 20:] = 0  # padding
-  targets = np.zeros((4, 8), np.int32)
-  targets[:, 1:] = rng.integers(2, config.vocab_size, size=(4, 7))
-  with tempfile.TemporaryDirectory() as tmp:
-    hf_dir, native_dir = os.path.join(tmp, 'hf'), os.path.join(tmp, 'jaxpt')
-    jaxpt.save_hf(model, hf_dir)
-    jaxpt.save_model(model, native_dir)
-    from_hf = jaxpt.load_model(hf_dir)
-    from_native = jaxpt.load_model(native_dir)
-  print(from_hf.summary())
-  reference = model.logits(inputs, targets)
-  for name, loaded in (('HF directory', from_hf), ('jaxpt directory', from_native)):
-    err = float(np.abs(loaded.logits(inputs, targets) - reference).max())
-    print(f'  reloaded from {name}: max |logit difference| = {err:.2e}')
-    if err > 1e-5:
-      raise SystemExit(f'demo failed: {name} round trip changed the logits by {err}')
-  tokens = from_hf.generate(inputs, max_length=8)
-  print(f'  greedy decode (8 steps) of a [4, 32] batch: first row {tokens[0].tolist()}')
-  print(f'done in {time.perf_counter() - start:.1f}s on {jax.devices()[0].platform}.')
+  print('jaxpt demo: prompt tuning a frozen T5 on a synthetic two-class task, offline.')
+  print('  backbone: a T5 1.1-style model with RANDOM weights made here (2+2 layers, d_model 64);'
+        ' no pretrained weights are downloaded.')
+  backbone = init_params(CONFIG, jax.random.key(seed))
+  model = jaxpt.Model(CONFIG, backbone, source='random init (jaxpt demo)')
+  method = PromptTuning(length=8, initializer='sampled_vocab')
+  params = {'backbone': backbone, 'method': method.init(
+      jax.random.key(seed + 1), Backbone(CONFIG, backbone['token_embedder']['embedding']))}
+  test, labels = two_class_batch(512, seed=10_000 + seed, vocab_size=CONFIG.vocab_size)
+  zero_shot = _accuracy(method, params, test, labels)
+
+  trainable, frozen = partition(params, PROMPT_ONLY)
+  n_trainable = sum(x.size for x in jax.tree.leaves(trainable))
+  print(f'  trainable: {n_trainable:,} prompt parameters; frozen: {model.num_params():,}')
+  optimizer = make_optimizer('adamw', 0.03, weight_decay=0.0)
+  state = init_state(trainable, optimizer)
+  step = jax.jit(make_train_step(CONFIG, method, optimizer), donate_argnums=0)
+  batch_size, t0 = 32, time.perf_counter()
+  for i in range(steps):
+    features, _ = two_class_batch(batch_size, seed=i, vocab_size=CONFIG.vocab_size)
+    state, metrics = step(state, frozen, features, jax.random.key(seed + 2))
+    if (i + 1) % 100 == 0 or i == 0:
+      elapsed = time.perf_counter() - t0
+      rate = (i + 1) * batch_size / elapsed
+      eta = (steps - i - 1) * elapsed / (i + 1)
+      print(f'  step {i + 1:4d}/{steps}  loss {float(metrics["loss"]):.3f}  '
+            f'{rate:,.0f} examples/s  ETA {eta:.0f}s', flush=True)
+  tuned_params = combine(state.trainable, frozen)
+  tuned = _accuracy(method, tuned_params, test, labels)
+
+  os.makedirs(out_dir, exist_ok=True)
+  jaxpt.save_hf(model, os.path.join(out_dir, 'backbone_hf'))
+  jaxpt.save_model(model, os.path.join(out_dir, 'backbone'))
+  np.save(os.path.join(out_dir, 'prompt.npy'), np.asarray(tuned_params['method']['prompt']))
+  print(f'  wrote the backbone (HF and jaxpt directories) and the prompt to {out_dir}/')
+  print(f'accuracy on 512 held-out examples (majority class 50%): zero-shot {zero_shot:.1%}, '
+        f'prompt-tuned {tuned:.1%}  [{time.perf_counter() - start:.0f}s on '
+        f'{jax.devices()[0].platform}]')
+  return tuned
