@@ -1,12 +1,20 @@
 """T5X checkpoints: the single msgpack file and the tensorstore (zarr) layouts.
 
-A T5X checkpoint is a msgpack map `{version, optimizer: {target, state}}` (or,
-from Orbax-era T5X, `{_optimizer: ...}`). jaxpt needs only `target`: the file
-is streamed with `msgpack.Unpacker` and the optimizer state is skipped without
-being decoded. In the tensorstore layout the msgpack holds, in place of each
-large array, a tensorstore zarr spec (legacy T5X) or a `PLACEHOLDER://name`
-(Orbax); arrays are then read with tensorstore, from local paths or `gs://`,
-each device reading only its slice when shardings are given.
+A T5X checkpoint is a msgpack map `{version, optimizer: {target, state}}`
+(Orbax-era T5X: `{_optimizer: {target, state}, flax_mutables, ...}`; newer
+layouts may put `target` and `state` at the root). jaxpt needs only `target`.
+The file is walked by seeking: the optimizer state (often 2-3x the parameters)
+is skipped without its bytes being read, so reading a checkpoint's parameters
+costs about their own size in memory. (`msgpack.Unpacker.skip()` would buffer
+each skipped object whole, e.g. a 96 MiB peak for a 50 MiB state.)
+
+In the tensorstore layouts the msgpack file is an index named `checkpoint`
+holding, in place of each large array, a tensorstore zarr spec (legacy T5X,
+`{'driver': 'zarr', 'kvstore': {'path': 'target.encoder...'}, ...}`) or a
+`PLACEHOLDER://name` string (T5X through Orbax); each array is a zarr
+directory beside the index, read with tensorstore from local paths or
+`gs://` (tensorstore's gcs kvstore). Only arrays under the requested prefix
+are opened, and with shardings each device reads only its own slice.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from typing import IO, Any, Dict, Mapping, Optional
+from typing import IO, Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import jax
 import msgpack
@@ -26,13 +34,57 @@ from jaxpt.models.config import T5Config
 
 _PLACEHOLDER = 'PLACEHOLDER://'
 _ROOTS = ('optimizer', '_optimizer')
+_INDEX = 'checkpoint'
+
+# ---------------------------------------------------------------------------
+# Locating the msgpack file (local file, local directory, gs://).
 
 
-def _index_path(path: str) -> str:
+def _split_gs(url: str) -> Tuple[str, str]:
+  """'gs://bucket/a/b' -> ('bucket', 'a/b')."""
+  bucket, _, rest = url[len('gs://'):].partition('/')
+  return bucket, rest
+
+
+def gcs_kvstore(url: str) -> Dict[str, Any]:
+  """The tensorstore kvstore spec of a `gs://bucket/path` URL."""
+  bucket, rest = _split_gs(url)
+  if not bucket:
+    raise CheckpointError(f'{url}: expected gs://BUCKET/PATH')
+  return {'driver': 'gcs', 'bucket': bucket, 'path': rest}
+
+
+def _open_stream(path: str) -> Tuple[IO[bytes], str, str]:
+  """(stream over the msgpack file, its name, the directory its arrays live in)."""
   if path.startswith('gs://'):
-    return path.rstrip('/') + '/checkpoint'
-  return os.path.join(path, 'checkpoint') if os.path.isdir(path) else path
+    import tensorstore as ts
+    url = path.rstrip('/')
+    candidates = [(url + '/' + _INDEX, url)]
+    if not path.endswith('/'):  # may name the msgpack file itself
+      candidates.append((url, url.rsplit('/', 1)[0]))
+    for name, directory in candidates:
+      bucket, key = _split_gs(name)
+      try:
+        kv = ts.KvStore.open({'driver': 'gcs', 'bucket': bucket}).result()
+        result = kv.read(key).result()
+      except Exception as e:  # tensorstore raises ValueError / RuntimeError variants
+        raise CheckpointError(f'{name}: cannot read the T5X checkpoint: {e}') from e
+      if result.state == 'value':
+        return io.BytesIO(bytes(result.value)), name, directory
+    raise CheckpointError(f'{path}: expected a T5X checkpoint (a msgpack file, or a directory '
+                          f'holding `{_INDEX}`), found neither')
+  if os.path.isdir(path):
+    name, directory = os.path.join(path, _INDEX), path
+  else:
+    name, directory = path, os.path.dirname(path) or '.'
+  try:
+    return open(name, 'rb'), name, directory
+  except OSError as e:
+    raise CheckpointError(f'{name}: cannot open the T5X checkpoint: {e}') from e
 
+
+# ---------------------------------------------------------------------------
+# A seeking msgpack walker: skips objects without reading their payloads.
 
 _FIXED = {0xc0: 0, 0xc2: 0, 0xc3: 0, 0xca: 4, 0xcb: 8, 0xcc: 1, 0xcd: 2, 0xce: 4, 0xcf: 8,
           0xd0: 1, 0xd1: 2, 0xd2: 4, 0xd3: 8, 0xd4: 2, 0xd5: 3, 0xd6: 5, 0xd7: 9, 0xd8: 17}
@@ -43,11 +95,11 @@ _SIZED = {0xc4: (1, 0), 0xc5: (2, 0), 0xc6: (4, 0), 0xc7: (1, 1), 0xc8: (2, 1), 
 def _read(stream: IO[bytes], n: int) -> bytes:
   data = stream.read(n)
   if len(data) != n:
-    raise EOFError('unexpected end of file')
+    raise EOFError(f'unexpected end of file at byte {stream.tell()} (wanted {n} more bytes)')
   return data
 
 
-def _container(stream: IO[bytes], b: int) -> Optional[tuple]:
+def _container(stream: IO[bytes], b: int) -> Optional[Tuple[str, int]]:
   """('map' | 'array', count) when byte `b` opens a container, else None."""
   if 0x80 <= b <= 0x8f:
     return 'map', b & 0x0f
@@ -80,64 +132,68 @@ def _skip(stream: IO[bytes]) -> None:
       width, ext = _SIZED[b]
       stream.seek(int.from_bytes(_read(stream, width), 'big') + ext, io.SEEK_CUR)
     else:
-      raise ValueError(f'invalid msgpack byte 0x{b:02x}')
+      raise ValueError(f'invalid msgpack byte 0x{b:02x} at byte {stream.tell() - 1}')
+  # Seeking past the end does not fail; the bytes we skipped must exist.
+  here = stream.tell()
+  end = stream.seek(0, io.SEEK_END)
+  if here > end:
+    raise EOFError(f'unexpected end of file: an object ends at byte {here}, the file has {end}')
+  stream.seek(here)
 
 
-def _read_key(stream: IO[bytes]) -> Any:
+def _decode_next(stream: IO[bytes]) -> Any:
+  """Decodes the next object (reading exactly its bytes)."""
   start = stream.tell()
   _skip(stream)
   end = stream.tell()
   stream.seek(start)
-  return msgpack.unpackb(_read(stream, end - start), raw=False)
+  return msgpack.unpackb(_read(stream, end - start), ext_hook=_ext_hook, raw=False,
+                         strict_map_key=False)
 
 
-def _read_index_target(index_path: str) -> Any:
-  """Returns only the `target` subtree; the optimizer state is seeked over, never read."""
-  try:
-    if index_path.startswith('gs://'):
-      import tensorstore as ts
-      kv = ts.KvStore.open(index_path.rsplit('/', 1)[0] + '/').result()
-      stream = io.BytesIO(kv.read('checkpoint').result().value)
+def _map_header(stream: IO[bytes]) -> Optional[int]:
+  """The entry count if the next object is a map (consumed), else None (stream unmoved)."""
+  start = stream.tell()
+  container = _container(stream, _read(stream, 1)[0])
+  if container and container[0] == 'map':
+    return container[1]
+  stream.seek(start)
+  return None
+
+
+def _find(stream: IO[bytes], parts: Sequence[str], top: bool) -> Optional[Any]:
+  """Decodes the subtree at `parts` of the map at the stream position; None if absent.
+
+  At the top level a T5X root (`optimizer` / `_optimizer`) is descended into
+  too, so `parts=('target',)` finds `optimizer/target` and a root `target` alike.
+  """
+  count = _map_header(stream)
+  if count is None:
+    _skip(stream)
+    return None
+  for _ in range(count):
+    key = _decode_next(stream)
+    if key == parts[0]:
+      if len(parts) == 1:
+        return _decode_next(stream)
+      found = _find(stream, parts[1:], top=False)
+    elif top and key in _ROOTS:
+      found = _find(stream, parts, top=False)
     else:
-      stream = open(index_path, 'rb')
-  except OSError as e:
-    raise CheckpointError(f'{index_path}: cannot open the T5X checkpoint: {e}') from e
-  with stream:
-    try:
-      root = _container(stream, _read(stream, 1)[0])
-      if not root or root[0] != 'map':
-        raise ValueError('the file does not start with a msgpack map')
-      for _ in range(root[1]):
-        key = _read_key(stream)
-        if key not in _ROOTS:
-          _skip(stream)
-          continue
-        sub = _container(stream, _read(stream, 1)[0])
-        if not sub or sub[0] != 'map':
-          raise ValueError(f'{key} is not a map')
-        for _ in range(sub[1]):
-          if _read_key(stream) == 'target':
-            start = stream.tell()
-            _skip(stream)
-            end = stream.tell()
-            stream.seek(start)
-            return msgpack.unpackb(_read(stream, end - start), ext_hook=_ext_hook, raw=False,
-                                   strict_map_key=False)
-          _skip(stream)  # the optimizer state
-    except (EOFError, ValueError, msgpack.ExtraData, TypeError) as e:
-      raise CheckpointError(f'{index_path}: corrupt or truncated T5X msgpack checkpoint '
-                            f'({type(e).__name__}: {e})') from e
-  raise CheckpointError(f'{index_path}: expected a T5X checkpoint with optimizer/target, '
-                        f'found no target')
+      _skip(stream)  # e.g. the optimizer state: seeked over, never read
+      continue
+    if found is not None:
+      return found
+  return None
 
 
 def _ext_hook(code: int, data: bytes) -> Any:
-  """flax's msgpack ext types (ndarray, native complex, dtype) -> numpy."""
+  """flax's msgpack ext types (ndarray incl. bfloat16, np scalar, complex) -> numpy."""
   return serialization._msgpack_ext_unpack(code, data)
 
 
 def _unchunk(tree: Any) -> Any:
-  """Reassembles flax's `__msgpack_chunked_array__` leaves (arrays > 2 GiB)."""
+  """Reassembles flax's `__msgpack_chunked_array__` leaves (arrays > 1 GiB)."""
   if isinstance(tree, dict):
     if '__msgpack_chunked_array__' in tree:
       return serialization._unchunk(tree)
@@ -145,8 +201,41 @@ def _unchunk(tree: Any) -> Any:
   return tree
 
 
-class _ZarrArray:
-  """A lazily read zarr array of a tensorstore-layout checkpoint."""
+def _read_tree(path: str, prefix: Optional[str]) -> Tuple[Any, str, str]:
+  """(decoded subtree at `prefix` or the whole file, msgpack file name, array directory)."""
+  stream, name, directory = _open_stream(path)
+  with stream:
+    try:
+      if prefix is None:
+        tree = _decode_next(stream)
+      else:
+        parts = tuple(p for p in prefix.split('/') if p)
+        if _map_header(stream) is None:
+          raise ValueError('the file does not start with a msgpack map')
+        stream.seek(0)
+        tree = _find(stream, parts, top=True)
+    except (EOFError, ValueError, TypeError, msgpack.ExtraData,
+            msgpack.exceptions.UnpackException) as e:
+      raise CheckpointError(f'{name}: corrupt or truncated T5X msgpack checkpoint '
+                            f'({type(e).__name__}: {e})') from e
+  if tree is None:
+    raise CheckpointError(
+        f'{name}: expected a T5X checkpoint with {prefix} (under optimizer/, _optimizer/ or '
+        f'at the root), found no {prefix}')
+  return _unchunk(tree), name, directory
+
+
+# ---------------------------------------------------------------------------
+# Lazily read zarr arrays of the tensorstore layouts.
+
+
+class ZarrArray:
+  """A lazily read zarr array of a tensorstore-layout checkpoint.
+
+  Attributes:
+    name: the array's path in the checkpoint tree ('a/b/c').
+    location: its zarr directory (local path or gs:// URL).
+  """
 
   def __init__(self, directory: str, spec: Any, name: str,
                metadata: Optional[Mapping[str, Any]] = None):
@@ -154,8 +243,11 @@ class _ZarrArray:
     if isinstance(spec, str):  # Orbax placeholder: the array dir is named after the path
       self.subdir, self.meta = spec[len(_PLACEHOLDER):], None
     else:
-      self.subdir = spec['kvstore']['path'].rstrip('/')
-      self.meta = dict(spec.get('metadata', {}), dtype=spec.get('dtype'))
+      kv_path = spec.get('path') or (spec.get('kvstore') or {}).get('path', '')
+      # T5X writes paths relative to the checkpoint dir; keep only the last
+      # component of absolute ones so that copied checkpoints still resolve.
+      self.subdir = kv_path.rstrip('/').rsplit('/', 1)[-1]
+      self.meta = dict(spec.get('metadata') or {}, dtype=spec.get('dtype'))
     if metadata is not None:
       self.meta = dict(metadata)
     self._store = None
@@ -163,36 +255,41 @@ class _ZarrArray:
   @property
   def location(self) -> str:
     if self.directory.startswith('gs://'):
-      return f'{self.directory.rstrip("/")}/{self.subdir}/'
+      return f'{self.directory.rstrip("/")}/{self.subdir}'
     return os.path.join(self.directory, self.subdir)
+
+  def kvstore_spec(self) -> Dict[str, Any]:
+    """The tensorstore kvstore of this array: `file`, or `gcs` for gs:// checkpoints."""
+    loc = self.location
+    if loc.startswith('gs://'):
+      spec = gcs_kvstore(loc)
+      spec['path'] = spec['path'].rstrip('/') + '/'
+      return spec
+    return {'driver': 'file', 'path': loc + '/'}
 
   def _open(self):
     import tensorstore as ts
     if self._store is not None:
       return self._store
     loc = self.location
-    if loc.startswith('gs://'):
-      bucket, _, rest = loc[len('gs://'):].partition('/')
-      kvstore = {'driver': 'gcs', 'bucket': bucket, 'path': rest}
-    else:
-      if not os.path.isdir(loc):
-        raise CheckpointError(f'{self.directory}: array {self.name} expected in {loc}, '
-                              f'which is missing')
-      kvstore = {'driver': 'file', 'path': loc + '/'}
+    if not loc.startswith('gs://') and not os.path.isdir(loc):
+      raise CheckpointError(f'{self.directory}: the index names array {self.name}, expected in '
+                            f'{loc}, which is missing')
     has_zarray = loc.startswith('gs://') or os.path.isfile(os.path.join(loc, '.zarray'))
     try:
       if has_zarray:
-        self._store = ts.open({'driver': 'zarr', 'kvstore': kvstore}, read=True).result()
+        self._store = ts.open({'driver': 'zarr', 'kvstore': self.kvstore_spec()},
+                              read=True).result()
       else:
         self._store = self._open_without_zarray(loc)
     except CheckpointError:
       raise
-    except Exception as e:  # tensorstore raises ValueError/RuntimeError variants
+    except Exception as e:  # tensorstore raises ValueError / RuntimeError variants
       raise CheckpointError(f'{loc}: cannot read zarr array {self.name}: {e}') from e
     return self._store
 
   def _open_without_zarray(self, loc: str):
-    """Copies whose `.zarray` was lost: rebuild it from the index spec (or given metadata)."""
+    """Copies without `.zarray` (dotfiles lost): rebuild it from the index spec or metadata."""
     import tensorstore as ts
     if not self.meta or 'shape' not in self.meta or not self.meta.get('dtype'):
       raise CheckpointError(
@@ -214,111 +311,173 @@ class _ZarrArray:
     return ts.open({'driver': 'zarr', 'kvstore': memory}, context=context).result()
 
   @property
-  def shape(self):
+  def shape(self) -> Tuple[int, ...]:
     return tuple(self._open().shape)
 
-  def read(self, index=None) -> np.ndarray:
+  @property
+  def dtype(self) -> np.dtype:
+    return np.dtype(self._open().dtype.numpy_dtype)
+
+  def read(self, index: Any = None) -> np.ndarray:
+    """The whole array, or the slice `index` (a tuple of slices) read alone."""
     store = self._open()
-    return np.asarray((store if index is None else store[index]).read().result())
-
-
-def read_t5x_arrays(path: str, root: str = 'target',
-                    array_metadata: Optional[Mapping[str, Mapping[str, Any]]] = None
-                    ) -> Dict[str, Any]:
-  """Flat {'a/b/c': leaf} of the params (`root='target'`) or of the whole checkpoint.
-
-  Leaves are numpy arrays (msgpack) or lazy `_ZarrArray`s with `.shape` and
-  `.read(index)` (tensorstore layouts). `root=None` reads everything, the
-  optimizer state included (small checkpoints, tests). `array_metadata`
-  (path -> {shape, dtype, chunks, compressor}) rescues copies whose zarr
-  `.zarray` files were lost.
-  """
-  index_path = _index_path(path)
-  directory = path if index_path != path else os.path.dirname(path)
-  if root == 'target':
-    tree = _read_index_target(index_path)
-  else:
     try:
-      with open(index_path, 'rb') as f:
-        tree = msgpack.unpackb(f.read(), ext_hook=_ext_hook, raw=False, strict_map_key=False)
-    except (OSError, ValueError, msgpack.ExtraData) as e:
-      raise CheckpointError(f'{index_path}: cannot read the T5X checkpoint: {e}') from e
-  tree = _unchunk(tree) if isinstance(tree, dict) else tree
-  flat = traverse_util.flatten_dict(tree, sep='/') if isinstance(tree, dict) and tree else {}
+      return np.asarray((store if index is None else store[index]).read().result())
+    except Exception as e:
+      raise CheckpointError(f'{self.location}: cannot read zarr array {self.name}: {e}') from e
+
+
+# ---------------------------------------------------------------------------
+# Public readers.
+
+
+def _flatten(tree: Any, directory: str, metadata: Mapping[str, Mapping[str, Any]],
+             prefix: str = '') -> Dict[str, Any]:
+  """Flat {'a/b': leaf}; zarr specs and placeholders become `ZarrArray`s."""
+  if isinstance(tree, dict) and tree.get('driver') == 'zarr':
+    return {prefix: ZarrArray(directory, tree, prefix, metadata.get(prefix))}
+  if isinstance(tree, str) and tree.startswith(_PLACEHOLDER):
+    return {prefix: ZarrArray(directory, tree, prefix, metadata.get(prefix))}
+  if isinstance(tree, dict):
+    out = {}
+    for k, v in tree.items():
+      out.update(_flatten(v, directory, metadata, f'{prefix}/{k}' if prefix else str(k)))
+    return out
+  if tree is None or isinstance(tree, (str, bytes)):
+    return {}  # e.g. flax_mutables: None; not arrays
+  return {prefix: np.asarray(tree)}
+
+
+def _flat_shardings(shardings: Any) -> Dict[str, Any]:
+  if shardings is None:
+    return {}
+  if isinstance(shardings, Mapping) and all(
+      isinstance(v, jax.sharding.Sharding) for v in shardings.values()):
+    return dict(shardings)  # already flat {'a/b': sharding}
+  return traverse_util.flatten_dict(shardings, sep='/')
+
+
+def _materialize(leaves: Dict[str, Any], shardings: Any, dtype: Any, source: str
+                 ) -> Dict[str, Any]:
+  """numpy arrays, or jax Arrays built slice by slice into `shardings`."""
+  flat_shardings = _flat_shardings(shardings)
+  unknown = sorted(set(flat_shardings) - set(leaves))
+  if unknown:
+    raise CheckpointError(f'{source}: shardings name arrays the checkpoint lacks: {unknown[:8]}')
   out = {}
-  for name, leaf in flat.items():
-    is_spec = isinstance(leaf, dict) and leaf.get('driver') == 'zarr'
-    is_placeholder = isinstance(leaf, str) and leaf.startswith(_PLACEHOLDER)
-    if is_spec or is_placeholder:
-      out[name] = _ZarrArray(directory, leaf, name, (array_metadata or {}).get(name))
+  for name, leaf in leaves.items():
+    def read(index: Any = None, leaf: Any = leaf) -> np.ndarray:
+      if isinstance(leaf, ZarrArray):
+        value = leaf.read(index)
+      else:
+        value = leaf if index is None else leaf[index]
+      return np.asarray(value, dtype=dtype) if dtype is not None else np.asarray(value)
+    if name in flat_shardings:
+      out[name] = jax.make_array_from_callback(tuple(leaf.shape), flat_shardings[name], read)
     else:
-      out[name] = leaf
-  # flatten_dict stops at spec dicts only if they are leaves; zarr specs are dicts, so
-  # regroup their flattened keys.
-  return _regroup_specs(out, directory, array_metadata)
-
-
-def _regroup_specs(flat: Dict[str, Any], directory: str,
-                   array_metadata: Optional[Mapping[str, Mapping[str, Any]]]) -> Dict[str, Any]:
-  specs = {k[:-len('/driver')] for k, v in flat.items() if k.endswith('/driver') and v == 'zarr'}
-  if not specs:
-    return flat
-  out = {k: v for k, v in flat.items() if not any(k.startswith(s + '/') for s in specs)}
-  for s in specs:
-    spec = traverse_util.unflatten_dict(
-        {tuple(k[len(s) + 1:].split('/')): v for k, v in flat.items()
-         if k.startswith(s + '/')})
-    out[s] = _ZarrArray(directory, spec, s, (array_metadata or {}).get(s))
+      out[name] = read()
   return out
 
 
-def read_t5x_checkpoint(path: str, shardings: Optional[Any] = None) -> Dict[str, Any]:
-  """The parameter tree (`target`) of a T5X checkpoint, as float32 arrays.
+def read_t5x_arrays(path: str, prefix: Optional[str] = 'target', shardings: Any = None,
+                    array_metadata: Optional[Mapping[str, Mapping[str, Any]]] = None,
+                    lazy: bool = False) -> Dict[str, Any]:
+  """Flat {'a/b/c': array} of every array under `prefix` of a T5X checkpoint.
 
-  With `shardings` (a pytree of jax Shardings shaped like the params) each
-  array is built with `jax.make_array_from_callback`, so each device reads
-  only its slice from tensorstore.
+  Args:
+    path: a msgpack checkpoint file, a checkpoint_N directory (its `checkpoint`
+      index + zarr arrays, legacy T5X or Orbax-written), or a gs:// URL of either.
+    prefix: the subtree to read, relative to the optimizer root (`optimizer`,
+      `_optimizer` or the file's root): 'target' (the parameters), 'state',
+      'state/param_states', ... Names are relative to it. None reads the whole
+      file, optimizer state included, with names from the file's root.
+    shardings: {'a/b/c': Sharding} or a pytree of Shardings shaped like the
+      subtree; the arrays it names become jax Arrays built with
+      `jax.make_array_from_callback`, each device reading only its slice.
+    array_metadata: {'a/b/c': {shape, dtype, chunks, compressor}} to read zarr
+      arrays whose `.zarray` files were lost (Orbax indexes do not record it).
+    lazy: return `ZarrArray` handles (`.shape`, `.read(index)`) for zarr arrays
+      instead of reading them (msgpack arrays are numpy either way).
+
+  Returns:
+    The flat dict, arrays in their stored dtype.
+
+  Raises:
+    CheckpointError: missing / corrupt / truncated file, no `prefix` in it, or a
+      missing zarr array, naming the file and what was expected.
   """
-  flat = read_t5x_arrays(path)
-  if not flat:
-    raise CheckpointError(f'{_index_path(path)}: the checkpoint target holds no parameters')
-  flat_shardings = (traverse_util.flatten_dict(shardings, sep='/')
-                    if shardings is not None else {})
-  params = {}
-  for name, leaf in flat.items():
-    def read(index=None, leaf=leaf):
-      if isinstance(leaf, _ZarrArray):
-        return leaf.read(index).astype(np.float32)
-      array = np.asarray(leaf)
-      return (array if index is None else array[index]).astype(np.float32)
-    if name in flat_shardings:
-      shape = leaf.shape if isinstance(leaf, _ZarrArray) else np.shape(leaf)
-      params[name] = jax.make_array_from_callback(tuple(shape), flat_shardings[name], read)
-    else:
-      params[name] = read()
-  return traverse_util.unflatten_dict(params, sep='/')
+  path = os.fspath(path)
+  tree, name, directory = _read_tree(path, prefix)
+  leaves = _flatten(tree, directory, array_metadata or {})
+  if lazy:
+    return leaves
+  return _materialize(leaves, shardings, None, name)
+
+
+def read_t5x_checkpoint(path: str, shardings: Any = None, dtype: Any = np.float32
+                        ) -> Dict[str, Any]:
+  """The parameter tree (`target`) of a T5X checkpoint as a nested dict.
+
+  Args:
+    path: a msgpack checkpoint file, a checkpoint_N directory or gs:// URL.
+    shardings: a pytree of jax Shardings shaped like the params (or flat
+      {'a/b': Sharding}); the arrays are then jax Arrays placed straight into
+      their sharding, each device reading only its slice from tensorstore.
+    dtype: the dtype arrays are cast to (float32; None keeps the stored one).
+
+  Returns:
+    Nested {'encoder': {...}, ...} of numpy (or jax, with shardings) arrays.
+  """
+  path = os.fspath(path)
+  leaves = read_t5x_arrays(path, 'target', lazy=True)
+  if not leaves:
+    raise CheckpointError(f'{path}: expected parameters under the checkpoint target, '
+                          f'found an empty target')
+  flat = _materialize(leaves, shardings, dtype, path)
+  return traverse_util.unflatten_dict(flat, sep='/')
 
 
 def config_from_t5x_params(params: Dict[str, Any], source: str = 'T5X checkpoint') -> T5Config:
-  """Infers every size of a T5 from its T5X parameter tree."""
+  """Infers every size of a T5 from its T5X parameter tree (unscanned).
+
+  Args:
+    params: the nested `target` tree.
+    source: named in errors (e.g. the checkpoint path).
+
+  Returns:
+    A T5Config: vocab and width from the embedding, heads and buckets from the
+    relative position embedding, head_dim from the query kernel, mlp width,
+    layer counts, gating (`wi_0`), tied logits (no `logits_dense`) and
+    per-layer position biases (UMT5).
+  """
   flat = traverse_util.flatten_dict(params, sep='/')
 
-  def shape(path):
+  def shape(path: str, ndim: int) -> Tuple[int, ...]:
     if path not in flat:
       raise CheckpointError(f'{source}: expected parameter {path}, not found; found '
-                            f'{sorted(flat)[:8]}...')
-    return tuple(np.shape(flat[path]))
+                            f'{sorted(flat)[:8]}{"..." if len(flat) > 8 else ""}')
+    s = tuple(np.shape(flat[path]))
+    if len(s) != ndim:
+      raise CheckpointError(f'{source}: expected {path} to be {ndim}-D, found shape {s}'
+                            f'{" (scanned layers?)" if len(s) == ndim + 1 else ""}')
+    return s
 
-  vocab, emb = shape('token_embedder/embedding')
-  per_layer = 'encoder/relpos_bias/rel_embedding' not in flat
-  relpos = shape('encoder/layers_0/relpos_bias/rel_embedding' if per_layer
-                 else 'encoder/relpos_bias/rel_embedding')
-  heads, buckets = relpos
-  joined = shape('encoder/layers_0/attention/query/kernel')[1]
+  vocab, emb = shape('token_embedder/embedding', 2)
+  per_layer = ('encoder/relpos_bias/rel_embedding' not in flat
+               and 'encoder/layers_0/relpos_bias/rel_embedding' in flat)
+  heads, buckets = shape('encoder/layers_0/relpos_bias/rel_embedding' if per_layer
+                         else 'encoder/relpos_bias/rel_embedding', 2)
+  joined = shape('encoder/layers_0/attention/query/kernel', 2)[1]
+  if joined % heads:
+    raise CheckpointError(f'{source}: query kernel width {joined} is not a multiple of the '
+                          f'{heads} heads of the relative position embedding')
   gated = 'encoder/layers_0/mlp/wi_0/kernel' in flat
-  mlp = shape('encoder/layers_0/mlp/wi_0/kernel' if gated else 'encoder/layers_0/mlp/wi/kernel')[1]
-  count = lambda stack: len({k.split('/')[1] for k in flat
-                             if k.startswith(f'{stack}/layers_')})
+  mlp = shape('encoder/layers_0/mlp/wi_0/kernel' if gated
+              else 'encoder/layers_0/mlp/wi/kernel', 2)[1]
+
+  def count(stack: str) -> int:
+    return len({k.split('/')[1] for k in flat if k.startswith(f'{stack}/layers_')})
+
   return T5Config(vocab_size=vocab, emb_dim=emb, num_heads=heads, head_dim=joined // heads,
                   mlp_dim=mlp, num_encoder_layers=count('encoder'),
                   num_decoder_layers=count('decoder'),
@@ -329,9 +488,23 @@ def config_from_t5x_params(params: Dict[str, Any], source: str = 'T5X checkpoint
 
 def write_t5x_checkpoint(params: Dict[str, Any], path: str,
                          optimizer_state: Optional[Dict[str, Any]] = None, step: int = 0) -> None:
-  """Writes a single-file T5X checkpoint (`{version, optimizer: {target, state}}`)."""
-  state = {'step': np.asarray(step, np.int32), 'param_states': optimizer_state or {}}
+  """Writes a single-file T5X checkpoint: `{version: 3, optimizer: {target, state}}`.
+
+  Readable by `flax.serialization.msgpack_restore` and T5X; arrays above flax's
+  chunk size are written as `__msgpack_chunked_array__`.
+
+  Args:
+    params: the nested parameter tree (numpy or jax arrays).
+    path: the file to write.
+    optimizer_state: stored as `state/param_states` (e.g. Adafactor's).
+    step: stored as `state/step` (int32).
+  """
+  state = {'step': np.asarray(step, np.int32),
+           'param_states': jax.tree.map(np.asarray, optimizer_state or {})}
   tree = {'version': 3, 'optimizer': {'target': jax.tree.map(np.asarray, params),
                                       'state': state}}
-  with open(path, 'wb') as f:
-    f.write(serialization.msgpack_serialize(tree))
+  try:
+    with open(os.fspath(path), 'wb') as f:
+      f.write(serialization.msgpack_serialize(tree))
+  except OSError as e:
+    raise CheckpointError(f'{path}: cannot write the T5X checkpoint: {e}') from e
