@@ -1,4 +1,13 @@
-"""Random tiny Hugging Face T5 models saved with `save_pretrained`, for parity tests."""
+"""Random tiny Hugging Face T5 models, for parity tests against transformers.
+
+Each builder seeds torch, builds the model (dropout 0, ids passed explicitly:
+transformers 5.24's T5Config has no defaults for them) and returns it in eval
+mode; the tests `save_pretrained` it. Random models greedily predict one token
+(often the pad id 0) forever whatever the input, so `_diversify` damps row 0 of
+the output embedding and projects the decoder's dominant hidden directions out
+of it: greedy decoding then depends on the input (transformers 5 ties `lm_head`
+to `shared`, so for tied models both change together).
+"""
 
 from __future__ import annotations
 
@@ -6,48 +15,58 @@ import torch
 import transformers
 
 IDS = dict(decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, dropout_rate=0.0)
+VOCAB = 96
 
 
-def _damp_padding(model, tied: bool):
-  """Random models predict the pad id forever; make other tokens win so decoding is nontrivial."""
+def _diversify(model: torch.nn.Module, tied: bool, directions: int = 3) -> torch.nn.Module:
+  """Makes greedy decoding of a random model input-dependent (see the module doc)."""
+  rng = torch.Generator().manual_seed(1)
+  enc = torch.randint(2, VOCAB, (8, 12), generator=rng)
+  dec = torch.randint(2, VOCAB, (8, 6), generator=rng)
   with torch.no_grad():
-    if tied:
-      model.shared.weight[0] *= 0.01
-    else:
-      model.lm_head.weight[0] *= 0.01
+    weight = model.shared.weight if tied else model.lm_head.weight
+    weight[0] *= 0.01
+    hidden = model(input_ids=enc, decoder_input_ids=dec,
+                   output_hidden_states=True).decoder_hidden_states[-1]
+    top = torch.linalg.svd(hidden.reshape(-1, hidden.shape[-1]), full_matrices=False).Vh
+    top = top[:directions]
+    weight -= (weight @ top.T) @ top
   return model
 
 
-def t5_1_0(seed: int = 0):
+def t5_1_0(seed: int = 0) -> transformers.T5ForConditionalGeneration:
+  """T5 1.0: ReLU MLP, tied and scaled logits."""
   torch.manual_seed(seed)
-  cfg = transformers.T5Config(vocab_size=96, d_model=16, d_kv=4, d_ff=32, num_layers=2,
+  cfg = transformers.T5Config(vocab_size=VOCAB, d_model=16, d_kv=4, d_ff=32, num_layers=2,
                               num_heads=4, feed_forward_proj='relu', **IDS)
-  return _damp_padding(transformers.T5ForConditionalGeneration(cfg).eval(), tied=True)
+  return _diversify(transformers.T5ForConditionalGeneration(cfg).eval(), tied=True)
 
 
-def t5_1_1_odd(seed: int = 0):
-  """heads x d_kv != d_model, 2 encoder and 3 decoder layers, untied, gated GELU."""
+def t5_1_1_odd(seed: int = 0) -> transformers.T5ForConditionalGeneration:
+  """T5 1.1: gated GELU, unscaled logits, heads x d_kv != d_model, 2 + 3 layers."""
   torch.manual_seed(seed)
-  cfg = transformers.T5Config(vocab_size=96, d_model=20, d_kv=7, d_ff=36, num_layers=2,
+  cfg = transformers.T5Config(vocab_size=VOCAB, d_model=20, d_kv=7, d_ff=36, num_layers=2,
                               num_decoder_layers=3, num_heads=3, feed_forward_proj='gated-gelu',
                               tie_word_embeddings=False, **IDS)
-  return _damp_padding(transformers.T5ForConditionalGeneration(cfg).eval(), tied=False)
+  return _diversify(transformers.T5ForConditionalGeneration(cfg).eval(), tied=False)
 
 
-def mt5(seed: int = 0):
+def mt5(seed: int = 0) -> transformers.MT5ForConditionalGeneration:
+  """mT5: gated GELU, never scaled."""
   torch.manual_seed(seed)
-  cfg = transformers.MT5Config(vocab_size=96, d_model=16, d_kv=4, d_ff=24, num_layers=2,
+  cfg = transformers.MT5Config(vocab_size=VOCAB, d_model=16, d_kv=4, d_ff=24, num_layers=2,
                                num_heads=4, feed_forward_proj='gated-gelu',
                                tie_word_embeddings=False, **IDS)
-  return _damp_padding(transformers.MT5ForConditionalGeneration(cfg).eval(), tied=False)
+  return _diversify(transformers.MT5ForConditionalGeneration(cfg).eval(), tied=False)
 
 
-def umt5(seed: int = 0):
+def umt5(seed: int = 0) -> transformers.UMT5ForConditionalGeneration:
+  """UMT5: a relative position bias in every layer's self-attention."""
   torch.manual_seed(seed)
-  cfg = transformers.UMT5Config(vocab_size=96, d_model=16, d_kv=4, d_ff=24, num_layers=2,
+  cfg = transformers.UMT5Config(vocab_size=VOCAB, d_model=16, d_kv=4, d_ff=24, num_layers=2,
                                 num_heads=4, feed_forward_proj='gated-gelu',
                                 tie_word_embeddings=False, **IDS)
-  return _damp_padding(transformers.UMT5ForConditionalGeneration(cfg).eval(), tied=False)
+  return _diversify(transformers.UMT5ForConditionalGeneration(cfg).eval(), tied=False)
 
 
 FIXTURES = {'t5_1_0': t5_1_0, 't5_1_1_odd': t5_1_1_odd, 'mt5': mt5, 'umt5': umt5}

@@ -1,25 +1,36 @@
 """Hugging Face T5 directories <-> jaxpt parameters.
 
 Reads `config.json` plus `model.safetensors` / `pytorch_model.bin` (and their
-sharded `*.index.json` forms). Safetensors are parsed here with numpy memory
-maps (no torch, bf16 via ml_dtypes), so a tensor, or one device's slice of it,
-is read only when it is needed: with `shardings`, each device reads its own
-slice and a large checkpoint never sits whole on one host.
+sharded `*.index.json` forms) of T5, mT5 and UMT5 models. Safetensors files are
+parsed here with numpy memory maps (no torch; bf16 via ml_dtypes), so a tensor,
+or one device's slice of it, is read only when it is needed: with `shardings`,
+each device's callback reads its own slice and a large checkpoint never sits
+whole in one host's memory. Torch is imported only for `pytorch_model.bin`.
 
-transformers 5 conventions handled: T5 always ties `lm_head` to `shared` in
-config (`tie_word_embeddings` forced true) and scales the decoder output by
-d_model**-0.5 when `scale_decoder_outputs` (T5 1.0); mT5 never scales. A tied,
-unscaled model loads as untied with `logits_dense = shared.T`; an untied,
-scaled one folds the scale into `logits_dense` (see docs/param_layout.md).
+Parameters are returned as float32 whatever the checkpoint stores (bf16 and f16
+widen exactly); the returned config says `param_dtype='float32'`. Pass
+`dtype='bfloat16'` to `load_model` to compute in bf16.
+
+Tying rules (transformers 5.24, see docs/param_layout.md):
+
+* T5 / UMT5 scale the decoder output by d_model**-0.5 iff `scale_decoder_outputs`
+  is true, or, for configs written before that key existed, iff
+  `tie_word_embeddings` is not false. mT5 never scales.
+* transformers always ties `lm_head` to `shared`, unless the weights file holds
+  an `lm_head.weight` that differs from `shared.weight`.
+* tied + scaled -> `logits_via_embedding=True`; tied + unscaled -> untied with
+  `decoder/logits_dense/kernel = shared.T`; untied + scaled (rare) -> the scale
+  is folded into `logits_dense`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import struct
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
 import ml_dtypes
@@ -30,66 +41,113 @@ from jaxpt.checkpoints.errors import CheckpointError
 from jaxpt.models.config import T5Config
 
 _MODEL_TYPES = ('t5', 'mt5', 'umt5')
-_ACTIVATIONS = {'relu': 'relu', 'gelu_new': 'gelu', 'gelu': 'gelu_exact', 'silu': 'silu',
-                'swish': 'silu', 'gelu_pytorch_tanh': 'gelu'}
-_DTYPES = {'F32': np.float32, 'F16': np.float16, 'BF16': ml_dtypes.bfloat16, 'F64': np.float64}
+# HF activation name (transformers.activations.ACT2FN) -> jaxpt activation name.
+_FROM_HF_ACT = {'relu': 'relu', 'gelu_new': 'gelu', 'gelu_pytorch_tanh': 'gelu',
+                'gelu': 'gelu_exact', 'gelu_python': 'gelu_exact', 'silu': 'silu',
+                'swish': 'silu', 'linear': 'linear'}
+# jaxpt activation name -> HF activation name.
+_TO_HF_ACT = {'relu': 'relu', 'gelu': 'gelu_new', 'gelu_new': 'gelu_new', 'gelu_exact': 'gelu',
+              'silu': 'silu', 'linear': 'linear'}
+_SAFETENSORS_DTYPES = {'F32': np.float32, 'F16': np.float16, 'BF16': ml_dtypes.bfloat16,
+                       'F64': np.float64}
+_WRITE_DTYPES = {np.dtype(np.float32): 'F32', np.dtype(np.float16): 'F16',
+                 np.dtype(ml_dtypes.bfloat16): 'BF16'}
+# Tensors transformers itself ignores or ties to `shared.weight`.
+_TIED_EMBEDDINGS = ('encoder.embed_tokens.weight', 'decoder.embed_tokens.weight')
+_IGNORED_SUFFIX = 'EncDecAttention.relative_attention_bias.weight'
 
 
 # ---------------------------------------------------------------------------- config
 
 
-def config_from_hf(hf: Dict[str, Any], source: str = 'config.json') -> Tuple[T5Config, bool]:
-  """(T5Config, scale_decoder_outputs) from an HF config dict."""
-  model_type = hf.get('model_type')
+def scales_decoder_outputs(hf_config: Dict[str, Any]) -> bool:
+  """Whether transformers scales this model's decoder output by d_model**-0.5."""
+  if hf_config.get('model_type') == 'mt5':
+    return False
+  if 'scale_decoder_outputs' in hf_config:
+    return bool(hf_config['scale_decoder_outputs'])
+  return hf_config.get('tie_word_embeddings', None) is not False
+
+
+def config_from_hf(hf_config: Dict[str, Any], source: str = 'config.json') -> T5Config:
+  """The T5Config of an HF config.json dict, assuming `lm_head` is tied to `shared`.
+
+  `logits_via_embedding` is True exactly when transformers scales the decoder
+  output (then the tied logits match T5X's); a tied, unscaled model gets an
+  explicit `logits_dense` (filled with shared.T by `read_hf_checkpoint`).
+
+  Args:
+    hf_config: the parsed config.json.
+    source: the file name used in error messages.
+
+  Raises:
+    CheckpointError: not a T5 / mT5 / UMT5 config, an unsupported
+      feed_forward_proj, or missing / invalid fields.
+  """
+  model_type = hf_config.get('model_type')
   if model_type not in _MODEL_TYPES:
     raise CheckpointError(f'{source}: expected a T5 model_type {_MODEL_TYPES}, '
                           f'found {model_type!r}')
-  proj = hf.get('feed_forward_proj', 'relu')
-  parts = proj.split('-')
+  proj = hf_config.get('feed_forward_proj', 'relu')
+  parts = str(proj).split('-')
   gated = parts[0] == 'gated'
-  act = 'gelu_new' if proj == 'gated-gelu' else parts[-1]
-  if act not in _ACTIVATIONS or len(parts) > 2 or (len(parts) == 2 and not gated):
-    raise CheckpointError(f'{source}: unsupported feed_forward_proj {proj!r}')
-  activations = (_ACTIVATIONS[act], 'linear') if gated else (_ACTIVATIONS[act],)
-  if model_type == 'mt5':
-    scaled = False
-  elif 'scale_decoder_outputs' in hf:
-    scaled = bool(hf['scale_decoder_outputs'])
-  else:
-    scaled = hf.get('tie_word_embeddings', None) is not False
+  act = 'gelu_new' if proj == 'gated-gelu' else parts[-1]  # transformers' legacy alias
+  if act not in _FROM_HF_ACT or len(parts) > 2 or (len(parts) == 2 and not gated):
+    raise CheckpointError(f'{source}: unsupported feed_forward_proj {proj!r}; expected '
+                          f'[gated-]ACT with ACT one of {sorted(_FROM_HF_ACT)}')
+  activations = (_FROM_HF_ACT[act], 'linear') if gated else (_FROM_HF_ACT[act],)
+
+  def get(key, default):
+    value = hf_config.get(key)
+    return default if value is None else value
+
   try:
-    config = T5Config(
-        vocab_size=hf['vocab_size'], emb_dim=hf['d_model'], num_heads=hf['num_heads'],
-        head_dim=hf['d_kv'], mlp_dim=hf['d_ff'], num_encoder_layers=hf['num_layers'],
-        num_decoder_layers=hf.get('num_decoder_layers') or hf['num_layers'],
-        mlp_activations=activations, logits_via_embedding=False,
-        relative_attention_num_buckets=hf.get('relative_attention_num_buckets', 32),
-        relative_attention_max_distance=hf.get('relative_attention_max_distance', 128),
+    num_layers = hf_config['num_layers']
+    return T5Config(
+        vocab_size=hf_config['vocab_size'], emb_dim=hf_config['d_model'],
+        num_heads=hf_config['num_heads'], head_dim=hf_config['d_kv'],
+        mlp_dim=hf_config['d_ff'], num_encoder_layers=num_layers,
+        num_decoder_layers=get('num_decoder_layers', num_layers),
+        mlp_activations=activations, logits_via_embedding=scales_decoder_outputs(hf_config),
+        relative_attention_num_buckets=get('relative_attention_num_buckets', 32),
+        relative_attention_max_distance=get('relative_attention_max_distance', 128),
         per_layer_relpos_bias=model_type == 'umt5',
-        layer_norm_epsilon=hf.get('layer_norm_epsilon', 1e-6),
-        decoder_start_token_id=hf.get('decoder_start_token_id') or 0,
-        pad_token_id=hf.get('pad_token_id') or 0,
-        eos_token_id=_first(hf.get('eos_token_id', 1)))
+        dropout_rate=float(get('dropout_rate', 0.1)),
+        layer_norm_epsilon=float(get('layer_norm_epsilon', 1e-6)),
+        decoder_start_token_id=get('decoder_start_token_id', 0),
+        pad_token_id=get('pad_token_id', 0), eos_token_id=_first(get('eos_token_id', 1)))
   except KeyError as e:
     raise CheckpointError(f'{source}: missing T5 config field {e}') from e
-  except ValueError as e:
+  except (TypeError, ValueError) as e:
     raise CheckpointError(f'{source}: {e}') from e
-  return config, scaled
 
 
-def _first(x):
+def _first(x: Any) -> Any:
   return x[0] if isinstance(x, (list, tuple)) else x
 
 
 def config_to_hf(config: T5Config) -> Dict[str, Any]:
-  """The config.json transformers needs to rebuild `config`."""
-  act = config.mlp_activations[0]
-  hf_act = {v: k for k, v in _ACTIVATIONS.items() if k not in ('swish', 'gelu_pytorch_tanh')}[act]
-  if config.gated:
-    proj = 'gated-gelu' if hf_act == 'gelu_new' else f'gated-{hf_act}'
-  else:
+  """The config.json dict transformers needs to rebuild `config` (T5 or UMT5).
+
+  Raises:
+    CheckpointError: the MLP activations have no HF `feed_forward_proj`
+      (gated MLPs must be (ACT, 'linear')).
+  """
+  acts = config.mlp_activations
+  if len(acts) > 2 or (len(acts) == 2 and acts[1] != 'linear') or acts[0] not in _TO_HF_ACT:
+    raise CheckpointError(f'mlp_activations {acts} have no HF feed_forward_proj; expected '
+                          f'(ACT,) or (ACT, "linear")')
+  hf_act = _TO_HF_ACT[acts[0]]
+  if not config.gated:
     proj = hf_act
+  elif hf_act == 'gelu_new':
+    proj = 'gated-gelu'  # transformers reads this as gelu_new
+  elif hf_act == 'gelu':
+    proj = 'gated-gelu_python'  # 'gated-gelu' would mean the tanh approximation
+  else:
+    proj = f'gated-{hf_act}'
   umt5 = config.per_layer_relpos_bias
+  tied = config.logits_via_embedding
   return {
       'architectures': ['UMT5ForConditionalGeneration' if umt5 else 'T5ForConditionalGeneration'],
       'model_type': 'umt5' if umt5 else 't5',
@@ -100,8 +158,7 @@ def config_to_hf(config: T5Config) -> Dict[str, Any]:
       'relative_attention_max_distance': config.relative_attention_max_distance,
       'dropout_rate': config.dropout_rate, 'layer_norm_epsilon': config.layer_norm_epsilon,
       'initializer_factor': 1.0, 'feed_forward_proj': proj, 'is_encoder_decoder': True,
-      'use_cache': True, 'tie_word_embeddings': config.logits_via_embedding,
-      'scale_decoder_outputs': config.logits_via_embedding,
+      'use_cache': True, 'tie_word_embeddings': tied, 'scale_decoder_outputs': tied,
       'decoder_start_token_id': config.decoder_start_token_id,
       'pad_token_id': config.pad_token_id, 'eos_token_id': config.eos_token_id,
   }
@@ -111,7 +168,7 @@ def config_to_hf(config: T5Config) -> Dict[str, Any]:
 
 
 class _SafetensorsFile:
-  """Lazy reader of one .safetensors file (numpy memmap, any dtype incl. bf16)."""
+  """Lazy reader of one .safetensors file: each tensor is a numpy memmap."""
 
   def __init__(self, path: str):
     self.path = path
@@ -128,208 +185,315 @@ class _SafetensorsFile:
         header = json.loads(f.read(n))
       except ValueError as e:
         raise CheckpointError(f'{path}: corrupt safetensors header: {e}') from e
+    if not isinstance(header, dict):
+      raise CheckpointError(f'{path}: corrupt safetensors header (not a JSON object)')
     header.pop('__metadata__', None)
     self.header, self.offset = header, 8 + n
-    end = max((v['data_offsets'][1] for v in header.values()), default=0)
+    end = 0
+    for name, info in header.items():
+      try:
+        dtype, shape, (start, stop) = info['dtype'], tuple(info['shape']), info['data_offsets']
+      except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f'{path}: corrupt safetensors entry for {name}: {info}') from e
+      if dtype not in _SAFETENSORS_DTYPES:
+        raise CheckpointError(f'{path}: tensor {name} has unsupported dtype {dtype}; '
+                              f'expected one of {sorted(_SAFETENSORS_DTYPES)}')
+      want = math.prod(shape) * np.dtype(_SAFETENSORS_DTYPES[dtype]).itemsize
+      if stop - start != want:
+        raise CheckpointError(f'{path}: corrupt safetensors entry for {name}: {dtype} '
+                              f'{list(shape)} needs {want} bytes, offsets give {stop - start}')
+      end = max(end, stop)
     if self.offset + end > size:
       raise CheckpointError(f'{path}: truncated safetensors file: tensors need '
                             f'{self.offset + end} bytes, file has {size}')
-
-  def keys(self):
-    return self.header.keys()
 
   def shape(self, name: str) -> Tuple[int, ...]:
     return tuple(self.header[name]['shape'])
 
   def get(self, name: str) -> np.ndarray:
+    """The tensor as a read-only memmap (nothing is read until it is indexed)."""
     info = self.header[name]
-    if info['dtype'] not in _DTYPES:
-      raise CheckpointError(f'{self.path}: tensor {name} has unsupported dtype {info["dtype"]}')
-    start, end = info['data_offsets']
-    return np.memmap(self.path, dtype=np.dtype(_DTYPES[info['dtype']]).newbyteorder('<'),
-                     mode='r', offset=self.offset + start,
-                     shape=tuple(info['shape'])) if end > start else np.zeros(info['shape'])
+    dtype = np.dtype(_SAFETENSORS_DTYPES[info['dtype']]).newbyteorder('<')
+    shape = tuple(info['shape'])
+    start, stop = info['data_offsets']
+    if stop == start:
+      return np.zeros(shape, dtype)
+    return np.memmap(self.path, dtype=dtype, mode='r', offset=self.offset + start, shape=shape)
 
 
-def _open_tensors(directory: str) -> Tuple[Dict[str, Callable[[], np.ndarray]],
-                                           Dict[str, Tuple[int, ...]], Dict[str, str]]:
-  """(name -> loader, name -> shape, name -> file) over every weights file of an HF dir."""
-  loaders, shapes, files = {}, {}, {}
+class _Weights:
+  """Every tensor of an HF directory: name -> lazy loader, shape and file."""
 
-  def add_safetensors(path):
+  def __init__(self, directory: str):
+    self.loaders: Dict[str, Callable[[], np.ndarray]] = {}
+    self.shapes: Dict[str, Tuple[int, ...]] = {}
+    self.files: Dict[str, str] = {}
+    for single, index, add in (
+        ('model.safetensors', 'model.safetensors.index.json', self._add_safetensors),
+        ('pytorch_model.bin', 'pytorch_model.bin.index.json', self._add_bin)):
+      if os.path.isfile(os.path.join(directory, single)):
+        self.source = os.path.join(directory, single)
+        add(self.source)
+        return
+      index_path = os.path.join(directory, index)
+      if os.path.isfile(index_path):
+        self.source = index_path
+        try:
+          with open(index_path) as f:
+            weight_map = json.load(f)['weight_map']
+          shards = sorted(set(weight_map.values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+          raise CheckpointError(f'{index_path}: expected a JSON index with a weight_map: '
+                                f'{e}') from e
+        for shard in shards:
+          shard_path = os.path.join(directory, shard)
+          if not os.path.isfile(shard_path):
+            raise CheckpointError(f'{index_path}: lists shard {shard}, which is missing')
+          add(shard_path)
+        return
+    raise CheckpointError(
+        f'{directory}: expected model.safetensors, model.safetensors.index.json, '
+        f'pytorch_model.bin or pytorch_model.bin.index.json beside config.json; found '
+        f'{sorted(os.listdir(directory))[:10]}')
+
+  def _add_safetensors(self, path: str) -> None:
     st = _SafetensorsFile(path)
-    for name in st.keys():
-      loaders[name] = (lambda st=st, name=name: st.get(name))
-      shapes[name], files[name] = st.shape(name), path
+    for name in st.header:
+      self.loaders[name] = (lambda st=st, name=name: st.get(name))
+      self.shapes[name], self.files[name] = st.shape(name), path
 
-  def add_bin(path):
+  def _add_bin(self, path: str) -> None:
     try:
       import torch
     except ImportError as e:
       raise CheckpointError(f'{path}: reading pytorch_model.bin needs torch '
-                            f'(pip install torch), or convert it to safetensors') from e
+                            f'(pip install torch); or convert it to safetensors') from e
     try:
       state = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # torch raises many types for bad pickles
+    except Exception as e:  # torch raises many types for bad or truncated pickles
       raise CheckpointError(f'{path}: could not read the PyTorch weights: {e}') from e
+    if not isinstance(state, dict):
+      raise CheckpointError(f'{path}: expected a state_dict, found {type(state).__name__}')
     for name, tensor in state.items():
+      tensor = tensor.detach()
+      # bf16 -> f32 is exact; numpy has no bf16 view of a torch tensor.
       array = tensor.float().numpy() if tensor.dtype == torch.bfloat16 else tensor.numpy()
-      loaders[name] = (lambda a=array: a)
-      shapes[name], files[name] = tuple(array.shape), path
+      self.loaders[name] = (lambda a=array: a)
+      self.shapes[name], self.files[name] = tuple(array.shape), path
 
-  for single, index, add in (('model.safetensors', 'model.safetensors.index.json', add_safetensors),
-                             ('pytorch_model.bin', 'pytorch_model.bin.index.json', add_bin)):
-    if os.path.isfile(os.path.join(directory, single)):
-      add(os.path.join(directory, single))
-      return loaders, shapes, files
-    index_path = os.path.join(directory, index)
-    if os.path.isfile(index_path):
-      try:
-        with open(index_path) as f:
-          weight_map = json.load(f)['weight_map']
-      except (ValueError, KeyError) as e:
-        raise CheckpointError(f'{index_path}: expected a JSON index with weight_map: {e}') from e
-      for shard in sorted(set(weight_map.values())):
-        shard_path = os.path.join(directory, shard)
-        if not os.path.isfile(shard_path):
-          raise CheckpointError(f'{index_path}: lists shard {shard}, which is missing')
-        add(shard_path)
-      return loaders, shapes, files
-  raise CheckpointError(f'{directory}: expected model.safetensors, pytorch_model.bin or a '
-                        f'sharded index beside config.json; found {sorted(os.listdir(directory))}')
+  def equal(self, a: str, b: str) -> bool:
+    """Whether tensors `a` and `b` are both present and identical."""
+    if a not in self.loaders or b not in self.loaders or self.shapes[a] != self.shapes[b]:
+      return False
+    x, y = self.loaders[a](), self.loaders[b]()
+    return x.dtype == y.dtype and np.array_equal(x, y)
 
 
 # ------------------------------------------------------------------------ name mapping
 
 
-def _param_map(config: T5Config, untied_lm_head: bool) -> Dict[str, Tuple[str, bool]]:
-  """jaxpt path -> (HF tensor name, transpose?)."""
+def _param_map(config: T5Config, lm_head: str = 'lm_head.weight'
+               ) -> Dict[str, Tuple[str, bool]]:
+  """jaxpt path -> (HF tensor name, transposed?); `lm_head` feeds logits_dense."""
   m = {'token_embedder/embedding': ('shared.weight', False)}
   qkvo = (('query', 'q'), ('key', 'k'), ('value', 'v'), ('out', 'o'))
-  mlp = ['wi_0', 'wi_1', 'wo'] if config.gated else ['wi', 'wo']
+  mlp = ('wi_0', 'wi_1', 'wo') if config.gated else ('wi', 'wo')
 
-  def attention(jx, hf):
-    for ours, theirs in qkvo:
-      m[f'{jx}/{ours}/kernel'] = (f'{hf}.{theirs}.weight', True)
+  def attention(ours: str, theirs: str) -> None:
+    for a, b in qkvo:
+      m[f'{ours}/{a}/kernel'] = (f'{theirs}.{b}.weight', True)
 
-  def feed_forward(jx, hf):
+  def feed_forward(ours: str, theirs: str) -> None:
     for name in mlp:
-      m[f'{jx}/mlp/{name}/kernel'] = (f'{hf}.DenseReluDense.{name}.weight', True)
+      m[f'{ours}/mlp/{name}/kernel'] = (f'{theirs}.DenseReluDense.{name}.weight', True)
 
   for stack, n in (('encoder', config.num_encoder_layers), ('decoder', config.num_decoder_layers)):
     if not config.per_layer_relpos_bias:
       m[f'{stack}/relpos_bias/rel_embedding'] = (
           f'{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight', True)
     for i in range(n):
-      jx, hf = f'{stack}/layers_{i}', f'{stack}.block.{i}.layer'
+      ours, theirs = f'{stack}/layers_{i}', f'{stack}.block.{i}.layer'
       if config.per_layer_relpos_bias:
-        m[f'{jx}/relpos_bias/rel_embedding'] = (
-            f'{hf}.0.SelfAttention.relative_attention_bias.weight', True)
+        m[f'{ours}/relpos_bias/rel_embedding'] = (
+            f'{theirs}.0.SelfAttention.relative_attention_bias.weight', True)
       if stack == 'encoder':
-        m[f'{jx}/pre_attention_layer_norm/scale'] = (f'{hf}.0.layer_norm.weight', False)
-        attention(f'{jx}/attention', f'{hf}.0.SelfAttention')
-        m[f'{jx}/pre_mlp_layer_norm/scale'] = (f'{hf}.1.layer_norm.weight', False)
-        feed_forward(jx, f'{hf}.1')
+        m[f'{ours}/pre_attention_layer_norm/scale'] = (f'{theirs}.0.layer_norm.weight', False)
+        attention(f'{ours}/attention', f'{theirs}.0.SelfAttention')
+        m[f'{ours}/pre_mlp_layer_norm/scale'] = (f'{theirs}.1.layer_norm.weight', False)
+        feed_forward(ours, f'{theirs}.1')
       else:
-        m[f'{jx}/pre_self_attention_layer_norm/scale'] = (f'{hf}.0.layer_norm.weight', False)
-        attention(f'{jx}/self_attention', f'{hf}.0.SelfAttention')
-        m[f'{jx}/pre_cross_attention_layer_norm/scale'] = (f'{hf}.1.layer_norm.weight', False)
-        attention(f'{jx}/encoder_decoder_attention', f'{hf}.1.EncDecAttention')
-        m[f'{jx}/pre_mlp_layer_norm/scale'] = (f'{hf}.2.layer_norm.weight', False)
-        feed_forward(jx, f'{hf}.2')
+        m[f'{ours}/pre_self_attention_layer_norm/scale'] = (f'{theirs}.0.layer_norm.weight', False)
+        attention(f'{ours}/self_attention', f'{theirs}.0.SelfAttention')
+        m[f'{ours}/pre_cross_attention_layer_norm/scale'] = (
+            f'{theirs}.1.layer_norm.weight', False)
+        attention(f'{ours}/encoder_decoder_attention', f'{theirs}.1.EncDecAttention')
+        m[f'{ours}/pre_mlp_layer_norm/scale'] = (f'{theirs}.2.layer_norm.weight', False)
+        feed_forward(ours, f'{theirs}.2')
   m['encoder/encoder_norm/scale'] = ('encoder.final_layer_norm.weight', False)
   m['decoder/decoder_norm/scale'] = ('decoder.final_layer_norm.weight', False)
   if not config.logits_via_embedding:
-    m['decoder/logits_dense/kernel'] = (
-        'lm_head.weight' if untied_lm_head else 'shared.weight', True)
+    m['decoder/logits_dense/kernel'] = (lm_head, True)
   return m
 
 
-_IGNORED = ('encoder.embed_tokens.weight', 'decoder.embed_tokens.weight')
+# ------------------------------------------------------------------------------- read
 
 
 def read_hf_checkpoint(directory: str, shardings: Optional[Any] = None
                        ) -> Tuple[T5Config, Dict[str, Any]]:
-  """(config, params) from an HF T5 directory; float32 numpy arrays, or jax Arrays in
-  `shardings` (a pytree like the params) where each device reads only its slice."""
+  """Reads an HF T5 / mT5 / UMT5 directory into jaxpt's unscanned parameter tree.
+
+  Args:
+    directory: holds config.json and model.safetensors, a sharded
+      model.safetensors.index.json, pytorch_model.bin or a sharded
+      pytorch_model.bin.index.json (.bin needs torch).
+    shardings: optional pytree of `jax.sharding.Sharding`s shaped like the
+      returned params (leaves may be missing: those load as numpy). Each array
+      is then built with `jax.make_array_from_callback`, every device reading
+      only its slice of the (memory-mapped) tensor.
+
+  Returns:
+    (config, params): params are float32 numpy arrays (or jax Arrays where a
+    sharding was given), whatever the checkpoint's dtype.
+
+  Raises:
+    CheckpointError: naming the file, the tensor, and the expected (from
+      config.json) and found shapes, for missing / unexpected / misshapen
+      tensors, truncated or corrupt files, or a config that is not T5's.
+  """
+  directory = os.fspath(directory)
+  if not os.path.isdir(directory):
+    raise CheckpointError(f'{directory}: no such directory (expected an HF T5 directory)')
   config_path = os.path.join(directory, 'config.json')
   try:
     with open(config_path) as f:
-      hf = json.load(f)
+      hf_config = json.load(f)
   except (OSError, ValueError) as e:
     raise CheckpointError(f'{config_path}: expected an HF T5 config (JSON): {e}') from e
-  config, scaled = config_from_hf(hf, config_path)
-  loaders, shapes, files = _open_tensors(directory)
-  untied = 'lm_head.weight' in loaders and not _same(loaders, 'lm_head.weight', 'shared.weight')
-  config = config.replace(logits_via_embedding=scaled and not untied)
-  mapping = _param_map(config, untied)
+  if not isinstance(hf_config, dict):
+    raise CheckpointError(f'{config_path}: expected a JSON object')
+  config = config_from_hf(hf_config, config_path).replace(param_dtype='float32')
+  weights = _Weights(directory)
+  scaled = config.logits_via_embedding
+
+  for name in _TIED_EMBEDDINGS:  # transformers ties them to shared; jaxpt cannot untie them
+    if (name in weights.shapes and 'shared.weight' in weights.shapes
+        and not weights.equal(name, 'shared.weight')):
+      raise CheckpointError(f'{weights.files[name]}: tensor {name} differs from shared.weight; '
+                            f'jaxpt needs the input embeddings tied')
+  untied = 'lm_head.weight' in weights.shapes and not weights.equal('lm_head.weight',
+                                                                     'shared.weight')
+  if untied:
+    config = config.replace(logits_via_embedding=False)
+  mapping = _param_map(config, 'lm_head.weight' if untied else 'shared.weight')
 
   from jaxpt.models.t5 import abstract_params
   expected = traverse_util.flatten_dict(abstract_params(config), sep='/')
-  problems = []
+  problems: List[str] = []
   for path, (name, transpose) in mapping.items():
     want = tuple(expected[path].shape)
-    if name not in shapes:
-      problems.append(f'missing tensor {name} (for {path}, expected shape '
-                      f'{want[::-1] if transpose else want})')
-      continue
-    got = shapes[name][::-1] if transpose else shapes[name]
-    if got != want:
-      problems.append(f'{files[name]}: tensor {name} has shape {shapes[name]}, config.json '
-                      f'implies {want[::-1] if transpose else want}')
-  used = {name for name, _ in mapping.values()} | set(_IGNORED) | {'lm_head.weight'}
-  problems += [f'{files[n]}: unexpected tensor {n} {shapes[n]}'
-               for n in sorted(set(shapes) - used)]
+    want_hf = want[::-1] if transpose else want
+    if name not in weights.shapes:
+      problems.append(f'{weights.source}: missing tensor {name} (for {path}); expected shape '
+                      f'{want_hf} from config.json')
+    elif weights.shapes[name] != want_hf:
+      problems.append(f'{weights.files[name]}: tensor {name} has shape {weights.shapes[name]}, '
+                      f'config.json implies {want_hf}')
+  used = {name for name, _ in mapping.values()} | set(_TIED_EMBEDDINGS) | {'lm_head.weight'}
+  problems += [f'{weights.files[n]}: unexpected tensor {n} with shape {weights.shapes[n]}'
+               for n in sorted(set(weights.shapes) - used) if not n.endswith(_IGNORED_SUFFIX)]
   if problems:
     shown = '\n  '.join(problems[:20])
+    more = f'\n  ... and {len(problems) - 20} more' if len(problems) > 20 else ''
     raise CheckpointError(f'{directory}: weights do not match {config_path} '
-                          f'({len(problems)} problems):\n  {shown}')
+                          f'({len(problems)} problems):\n  {shown}{more}')
 
   flat_shardings = (traverse_util.flatten_dict(shardings, sep='/')
                     if shardings is not None else {})
-  scale = config.emb_dim ** -0.5 if (untied and scaled) else None
+  fold = np.float32(config.emb_dim ** -0.5) if (untied and scaled) else None
   params = {}
   for path, (name, transpose) in mapping.items():
+
     def read(index=None, name=name, transpose=transpose, path=path):
-      array = loaders[name]()
+      array = weights.loaders[name]()  # a memmap for safetensors: nothing read yet
       if transpose:
         array = array.T
       if index is not None:
         array = array[index]
       out = np.asarray(array, np.float32)
-      if scale is not None and path == 'decoder/logits_dense/kernel':
-        out = out * np.float32(scale)
+      if fold is not None and path == 'decoder/logits_dense/kernel':
+        out = out * fold
       return out
-    if path in flat_shardings:
-      shape = tuple(expected[path].shape)
-      params[path] = jax.make_array_from_callback(shape, flat_shardings[path], read)
+
+    if flat_shardings.get(path) is not None:
+      params[path] = jax.make_array_from_callback(tuple(expected[path].shape),
+                                                  flat_shardings[path], read)
     else:
       params[path] = read()
   return config, traverse_util.unflatten_dict(params, sep='/')
 
 
-def _same(loaders, a: str, b: str) -> bool:
-  x, y = loaders[a](), loaders[b]()
-  return x.shape == y.shape and np.array_equal(x, y)
-
-
 # ------------------------------------------------------------------------------ write
+
+
+def _write_safetensors(path: str, tensors: Dict[str, np.ndarray]) -> None:
+  """Writes `tensors` (f32 / f16 / bf16 numpy arrays) as one safetensors file."""
+  header: Dict[str, Any] = {'__metadata__': {'format': 'pt'}}
+  offset = 0
+  names = sorted(tensors)
+  for name in names:
+    a = tensors[name]
+    header[name] = {'dtype': _WRITE_DTYPES[a.dtype], 'shape': list(a.shape),
+                    'data_offsets': [offset, offset + a.nbytes]}
+    offset += a.nbytes
+  raw = json.dumps(header, separators=(',', ':')).encode()
+  raw += b' ' * (-len(raw) % 8)  # keep the data 8-byte aligned, as safetensors does
+  tmp = path + '.tmp'
+  with open(tmp, 'wb') as f:
+    f.write(struct.pack('<Q', len(raw)))
+    f.write(raw)
+    for name in names:
+      f.write(np.ascontiguousarray(tensors[name]).astype(tensors[name].dtype.newbyteorder('<'),
+                                                         copy=False).tobytes())
+  os.replace(tmp, path)
 
 
 def write_hf_checkpoint(config: T5Config, params: Dict[str, Any], directory: str,
                         vocab_path: Optional[str] = None) -> None:
-  """Writes config.json, generation_config.json, model.safetensors (+ spiece.model)."""
-  from safetensors.numpy import save_file
+  """Writes an HF T5 (or UMT5) directory transformers' `from_pretrained` loads.
 
+  Writes config.json, generation_config.json, model.safetensors and, given
+  `vocab_path`, spiece.model. Tensors keep their dtype when it is float32,
+  bfloat16 or float16 (anything else is written as float32). A tied
+  (`logits_via_embedding`) model is written tied and scaled without
+  `lm_head.weight`; any other gets `tie_word_embeddings: false` and
+  `lm_head.weight = logits_dense.T`.
+
+  Args:
+    config: the model's config (unscanned).
+    params: the unscanned parameter tree (numpy or jax arrays).
+    directory: created if missing; existing files of the same names are replaced.
+    vocab_path: a SentencePiece model to copy in as spiece.model.
+  """
+  from jaxpt.checkpoints.validate import check_params
+
+  directory = os.fspath(directory)
+  check_params(params, config.replace(scan_layers=False), directory)
+  hf_config = config_to_hf(config)
   os.makedirs(directory, exist_ok=True)
   flat = traverse_util.flatten_dict(params, sep='/')
   tensors = {}
-  for path, (name, transpose) in _param_map(config, untied_lm_head=True).items():
-    array = np.asarray(jax.device_get(flat[path]), np.float32)
+  for path, (name, transpose) in _param_map(config).items():
+    array = np.asarray(jax.device_get(flat[path]))
+    if array.dtype not in _WRITE_DTYPES:
+      array = array.astype(np.float32)
     tensors[name] = np.ascontiguousarray(array.T if transpose else array)
-  save_file(tensors, os.path.join(directory, 'model.safetensors'), metadata={'format': 'pt'})
+  dtypes = {str(a.dtype) for a in tensors.values()}
+  if len(dtypes) == 1:
+    hf_config['dtype'] = dtypes.pop()
+  _write_safetensors(os.path.join(directory, 'model.safetensors'), tensors)
   with open(os.path.join(directory, 'config.json'), 'w') as f:
-    json.dump(config_to_hf(config), f, indent=2, sort_keys=True)
+    json.dump(hf_config, f, indent=2, sort_keys=True)
   with open(os.path.join(directory, 'generation_config.json'), 'w') as f:
     json.dump({'decoder_start_token_id': config.decoder_start_token_id,
                'pad_token_id': config.pad_token_id, 'eos_token_id': config.eos_token_id},

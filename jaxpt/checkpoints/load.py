@@ -92,5 +92,16 @@ def load_model(path: str, prompt: Optional[str] = None, **config_overrides: Any)
     params = stack_layers(params)
   model = Model(config, params, source=path)
   if prompt is not None:
-    raise NotImplementedError('attaching prompts lands with the prompt-tuning methods')
+    import dataclasses
+    prompt = os.fspath(prompt)
+    if os.path.isfile(os.path.join(prompt, 'adapter_config.json')):
+      from jaxpt.interop.peft import import_peft
+      try:
+        method, method_params = import_peft(prompt, model.config)
+      except (OSError, ValueError) as e:
+        raise CheckpointError(f'{prompt}: could not attach the peft adapter: {e}') from e
+    else:
+      from jaxpt.checkpoints.prompts import load_prompt
+      method, method_params, _ = load_prompt(prompt, model)
+    model = dataclasses.replace(model, method=method, method_params=method_params)
   return model

@@ -1,0 +1,350 @@
+"""Hugging Face peft prompt-learning adapters <-> jaxpt prompts and prefixes.
+
+peft saves every prompt-learning method as one float32 tensor,
+`prompt_embeddings`, in `adapter_model.safetensors` (or `adapter_model.bin`),
+beside `adapter_config.json`. For T5 (task_type SEQ_2_SEQ_LM):
+
+* PROMPT_TUNING / P_TUNING: `[P * num_transformer_submodules, d_model]` rows;
+  only rows `[:P]` are prepended to the encoder input (the rest are dead).
+  P_TUNING files hold the prompt encoder's output, so both import as a plain
+  `PromptTuning` prompt.
+* PREFIX_TUNING: `[P, 2 * L * token_dim]` with L the encoder depth and
+  `token_dim = num_heads * d_kv`, laid out [layers, (key, value), heads,
+  head_dim]. peft injects it only into decoder self-attention, decoder layer i
+  reading layer slot (2i mod L): exactly `PrefixTuning(style='peft')`. The
+  reparameterization MLP is never saved (files hold its output).
+
+`export_peft` writes what `peft.PeftModel.from_pretrained(t5, directory)`
+loads with the same outputs; `import_peft` reads peft's files (and ours) and
+checks their sizes against a jaxpt backbone config, which peft never does.
+Note that in transformers >= 5.24, peft's `generate()` silently drops prefix
+tuning prefixes (its forward is fine); `base.generate(...,
+cache=peft_model.get_prompt(batch * num_beams))` works around it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Dict, Optional, Tuple
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpt.methods.prefix import PrefixTuning
+from jaxpt.methods.prompt import PromptTuning
+from jaxpt.models.config import T5Config
+
+CONFIG_FILE = 'adapter_config.json'
+SAFETENSORS_FILE = 'adapter_model.safetensors'
+BIN_FILE = 'adapter_model.bin'
+PROVENANCE_FILE = 'jaxpt_prompt.json'
+TENSOR_KEY = 'prompt_embeddings'
+TASK_TYPE = 'SEQ_2_SEQ_LM'
+PROMPT_TYPES = ('PROMPT_TUNING', 'P_TUNING')
+PREFIX_TYPE = 'PREFIX_TUNING'
+# The peft release whose format this module was verified against.
+VERIFIED_PEFT_VERSION = '0.21.2'
+
+
+def _peft_version() -> str:
+  try:
+    from importlib import metadata
+    return metadata.version('peft')
+  except Exception:  # peft is optional: the files do not need it installed.
+    return VERIFIED_PEFT_VERSION
+
+
+def _config_of(model: Any) -> T5Config:
+  config = getattr(model, 'config', model)
+  if not isinstance(config, T5Config):
+    raise TypeError(f'expected a jaxpt Model or T5Config, got {type(model).__name__}')
+  return config
+
+
+def _default_base_path(model: Any) -> Optional[str]:
+  """The model's source when it is an HF directory (so AutoPeftModel can load it)."""
+  source = getattr(model, 'source', '') or ''
+  if source and os.path.isfile(os.path.join(source, 'config.json')):
+    return os.path.abspath(source)
+  return None
+
+
+def _common_config(config: T5Config, length: int, base: Optional[str]) -> Dict[str, Any]:
+  """Keys every peft prompt-learning config writes (values as peft fills them for T5)."""
+  return {
+      'auto_mapping': None,
+      'base_model_name_or_path': base,
+      'inference_mode': True,
+      'modules_to_save': None,
+      'num_attention_heads': config.num_heads,
+      'num_layers': config.num_encoder_layers,
+      'num_virtual_tokens': int(length),
+      'peft_version': _peft_version(),
+      'revision': None,
+      'task_type': TASK_TYPE,
+  }
+
+
+def _export_prompt(config: T5Config, method: PromptTuning,
+                   params: Dict[str, Any]) -> Tuple[np.ndarray, Dict[str, Any]]:
+  prompt = np.asarray(params['prompt'], np.float32)
+  if method.num_prompts > 1 or prompt.ndim == 3:
+    raise ValueError(
+        f'this prompt keeps {prompt.shape[0] if prompt.ndim == 3 else method.num_prompts} '
+        f'prompts side by side; a peft adapter holds one. Export one task at a time: '
+        f"export_peft(model, PromptTuning(length={method.length}, initializer='array'), "
+        f"{{'prompt': params['prompt'][task_id]}}, directory)")
+  if prompt.shape != (method.length, config.emb_dim):
+    raise ValueError(f'prompt has shape {prompt.shape}; expected [length, d_model] = '
+                     f'{(method.length, config.emb_dim)} for this backbone')
+  peft_config = {
+      'num_transformer_submodules': 1,
+      'peft_type': 'PROMPT_TUNING',
+      'prompt_tuning_init': 'RANDOM',
+      'prompt_tuning_init_text': None,
+      'token_dim': config.emb_dim,
+      'tokenizer_kwargs': None,
+      'tokenizer_name_or_path': None,
+  }
+  return prompt, peft_config
+
+
+def _used_slots(config: T5Config) -> list:
+  """Layer slots of peft's prefix tensor that some decoder layer reads."""
+  layers = config.num_encoder_layers
+  return sorted({(2 * i) % layers for i in range(config.num_decoder_layers)})
+
+
+def _export_prefix(config: T5Config, method: PrefixTuning,
+                   params: Dict[str, Any]) -> Tuple[np.ndarray, Dict[str, Any]]:
+  if method.style != 'peft':
+    raise ValueError(
+        f"a style={method.style!r} prefix cannot be written as a peft adapter: it has encoder "
+        f'self-attention and decoder cross-attention prefixes, and peft has no slot for them '
+        f'(on T5 peft injects prefixes into decoder self-attention only), so peft would run a '
+        f"different model. Train PrefixTuning(style='peft') to export to peft, or keep this "
+        f'prefix as a jaxpt checkpoint')
+  if config.num_decoder_layers > config.num_encoder_layers:
+    raise ValueError(
+        f'peft cannot run prefixes on a T5 with more decoder than encoder layers '
+        f'({config.num_encoder_layers}+{config.num_decoder_layers}): its prefix tensor has '
+        f'encoder-depth layer slots and fails with an IndexError')
+  merged = method.merge(params)
+  if set(merged) != {'decoder_self'}:
+    raise ValueError(f"peft-style prefix params should hold only 'decoder_self', got "
+                     f'{sorted(merged)}')
+  flat = np.asarray(merged['decoder_self']['prefix'], np.float32)
+  if method.num_prompts > 1 or flat.ndim == 3:
+    raise ValueError(
+        f'this prefix keeps {flat.shape[0] if flat.ndim == 3 else method.num_prompts} prefixes '
+        f'side by side; a peft adapter holds one. Export one task at a time: merge the params, '
+        f"take ['decoder_self']['prefix'][task_id] and export it with PrefixTuning("
+        f"length={method.length}, style='peft', reparameterize=False)")
+  token_dim = config.num_heads * config.head_dim
+  layers = config.num_encoder_layers
+  if flat.shape != (method.length, 2 * layers * token_dim):
+    raise ValueError(f'prefix has shape {flat.shape}; expected [length, 2 * layers * heads * '
+                     f'head_dim] = {(method.length, 2 * layers * token_dim)} for this backbone')
+  # Dead slots (read by no decoder layer) affect nothing in either library: write zeros.
+  slots = flat.reshape(method.length, layers, 2 * token_dim).copy()
+  dead = [j for j in range(layers) if j not in _used_slots(config)]
+  slots[:, dead] = 0.0
+  peft_config = {
+      'encoder_hidden_size': token_dim,
+      'init_weights': None,
+      'num_transformer_submodules': 2,
+      'peft_type': PREFIX_TYPE,
+      'prefix_projection': False,
+      'token_dim': token_dim,
+  }
+  return slots.reshape(flat.shape), peft_config
+
+
+def _readme(base: Optional[str], peft_type: str) -> str:
+  lines = ['---', f'base_model: {base or "null"}', 'library_name: peft', 'tags:',
+           f'- base_model:adapter:{base}' if base else '- jaxpt', '- jaxpt', '---', '',
+           f'# {peft_type} adapter exported by jaxpt', '',
+           'Load with `peft.PeftModel.from_pretrained(T5ForConditionalGeneration'
+           '.from_pretrained(base), this_directory)`.']
+  if peft_type == PREFIX_TYPE:
+    lines += ['', "Prefixes reach decoder self-attention only (peft's T5 semantics). With "
+              "transformers >= 5.24 peft's `generate()` drops the prefix; use "
+              '`base.generate(..., cache=peft_model.get_prompt(batch_size * num_beams))`.']
+  return '\n'.join(lines) + '\n'
+
+
+def export_peft(model: Any, method: Any, method_params: Dict[str, Any], directory: str,
+                base_model_name_or_path: Optional[str] = None) -> str:
+  """Writes a prompt or prefix as a peft adapter directory.
+
+  `PromptTuning` becomes PROMPT_TUNING (`[P, d_model]` rows with
+  num_transformer_submodules 1); `PrefixTuning(style='peft')` becomes
+  PREFIX_TUNING (its merged `[P, 2L*H*Dh]` prefix, token_dim H*Dh, dead slots
+  zeroed). jaxpt's own record (method, backbone config) goes to
+  `jaxpt_prompt.json`, not into adapter_config.json, where peft would warn.
+
+  Args:
+    model: the backbone (`Model`, or its `T5Config`).
+    method: a `PromptTuning` or `PrefixTuning` instance.
+    method_params: its params (reparameterized prefixes are merged here).
+    directory: created if needed; existing adapter files are overwritten.
+    base_model_name_or_path: recorded for `AutoPeftModelForSeq2SeqLM`;
+      defaults to `model.source` when that is an HF directory.
+
+  Returns:
+    `directory`.
+
+  Raises:
+    ValueError: the prompt has no peft equivalent (paper-style prefix, several
+      prompts, more decoder than encoder layers, other methods) or the wrong shape.
+  """
+  from safetensors.numpy import save_file
+
+  config = _config_of(model)
+  if isinstance(method, PromptTuning):
+    tensor, specific = _export_prompt(config, method, method_params)
+  elif isinstance(method, PrefixTuning):
+    tensor, specific = _export_prefix(config, method, method_params)
+  else:
+    raise ValueError(f'{type(method).__name__} cannot be written as a peft adapter: peft '
+                     f'prompt-learning adapters hold a PromptTuning prompt or a '
+                     f"PrefixTuning(style='peft') prefix")
+  base = base_model_name_or_path or _default_base_path(model)
+  peft_config = dict(_common_config(config, method.length, base), **specific)
+  directory = os.fspath(directory)
+  os.makedirs(directory, exist_ok=True)
+  save_file({TENSOR_KEY: np.ascontiguousarray(tensor, np.float32)},
+            os.path.join(directory, SAFETENSORS_FILE), metadata={'format': 'pt'})
+  with open(os.path.join(directory, CONFIG_FILE), 'w') as f:
+    json.dump(peft_config, f, indent=2, sort_keys=True)
+  provenance = {
+      'exported_by': 'jaxpt',
+      'method': {'name': method.name, 'class': type(method).__name__, 'length': method.length,
+                 **({'style': method.style, 'reparameterize': method.reparameterize,
+                     'hidden_dim': method.hidden_dim} if isinstance(method, PrefixTuning) else {})},
+      'backbone_config': config.to_dict(),
+      'backbone_source': getattr(model, 'source', '') or None,
+  }
+  with open(os.path.join(directory, PROVENANCE_FILE), 'w') as f:
+    json.dump(provenance, f, indent=2, sort_keys=True)
+  with open(os.path.join(directory, 'README.md'), 'w') as f:
+    f.write(_readme(base, peft_config['peft_type']))
+  return directory
+
+
+def _read_tensor(directory: str) -> Tuple[np.ndarray, str]:
+  """The `prompt_embeddings` array and the file it came from."""
+  st_path = os.path.join(directory, SAFETENSORS_FILE)
+  bin_path = os.path.join(directory, BIN_FILE)
+  if os.path.isfile(st_path):
+    path = st_path
+    try:
+      from safetensors.numpy import load_file
+      tensors = load_file(path)
+    except (TypeError, ValueError):  # e.g. bfloat16, which numpy cannot hold
+      from safetensors.torch import load_file as torch_load_file
+      tensors = {k: v.float().numpy() for k, v in torch_load_file(path).items()}
+  elif os.path.isfile(bin_path):
+    import torch  # only for pickled adapters
+
+    path = bin_path
+    tensors = {k: v.detach().float().numpy()
+               for k, v in torch.load(path, map_location='cpu', weights_only=True).items()}
+  else:
+    raise FileNotFoundError(f'{directory}: no {SAFETENSORS_FILE} or {BIN_FILE}')
+  keys = [k for k in tensors if k == TENSOR_KEY or k.endswith('.' + TENSOR_KEY)]
+  if len(keys) != 1:
+    raise ValueError(f'{path}: expected one tensor named {TENSOR_KEY!r} (a peft '
+                     f'prompt-learning adapter), found keys {sorted(tensors)[:10]}')
+  return np.asarray(tensors[keys[0]], np.float32), path
+
+
+def _check(path: str, what: str, expected: Any, found: Any) -> None:
+  if expected != found:
+    raise ValueError(f'{path}: {what} does not match the backbone: expected {expected}, '
+                     f'found {found}')
+
+
+def import_peft(directory: str, config: T5Config) -> Tuple[Any, Dict[str, Any]]:
+  """Reads a peft prompt-learning adapter as a jaxpt (method, method_params).
+
+  PROMPT_TUNING and P_TUNING become `PromptTuning(length=P, initializer='array')`
+  with {'prompt': rows[:P]}; PREFIX_TUNING becomes `PrefixTuning(length=P,
+  style='peft', reparameterize=False)` with {'decoder_self': {'prefix': ...}}
+  (files written with prefix_projection hold the projected prefix; the MLP is
+  not in them).
+
+  Args:
+    directory: holds adapter_config.json and adapter_model.safetensors (or .bin).
+    config: the backbone's T5Config; the adapter's sizes are checked against it.
+
+  Raises:
+    FileNotFoundError: no adapter files.
+    ValueError: unsupported peft_type / task_type, or sizes that do not fit the
+      backbone (the message names the file, the expected and the found value).
+  """
+  directory = os.fspath(directory)
+  config_path = os.path.join(directory, CONFIG_FILE)
+  if not os.path.isfile(config_path):
+    found = sorted(os.listdir(directory))[:10] if os.path.isdir(directory) else 'nothing'
+    raise FileNotFoundError(f'{config_path}: not found (a peft adapter directory holds '
+                            f'{CONFIG_FILE}; found {found})')
+  with open(config_path) as f:
+    peft_config = json.load(f)
+  peft_type = peft_config.get('peft_type')
+  if peft_type not in PROMPT_TYPES + (PREFIX_TYPE,):
+    raise ValueError(f'{config_path}: peft_type {peft_type!r} is not supported; jaxpt imports '
+                     f'{", ".join(PROMPT_TYPES + (PREFIX_TYPE,))}')
+  task_type = peft_config.get('task_type')
+  if task_type not in (TASK_TYPE, None):
+    raise ValueError(f'{config_path}: task_type {task_type!r} is not a T5 adapter; expected '
+                     f'{TASK_TYPE!r}')
+  length = peft_config.get('num_virtual_tokens')
+  if not isinstance(length, int) or length <= 0:
+    raise ValueError(f'{config_path}: num_virtual_tokens must be a positive integer, got '
+                     f'{length!r}')
+  rows, tensor_path = _read_tensor(directory)
+  if rows.ndim != 2:
+    raise ValueError(f'{tensor_path}: {TENSOR_KEY} has shape {rows.shape}; expected 2-D')
+
+  if peft_type in PROMPT_TYPES:
+    _check(config_path, 'token_dim (d_model)', config.emb_dim,
+           peft_config.get('token_dim') or config.emb_dim)
+    _check(tensor_path, f'{TENSOR_KEY} width (d_model)', config.emb_dim, rows.shape[1])
+    submodules = peft_config.get('num_transformer_submodules') or 2
+    _check(tensor_path, f'{TENSOR_KEY} rows (num_virtual_tokens * num_transformer_submodules)',
+           length * submodules, rows.shape[0])
+    prompt = rows[:length]
+    method = PromptTuning(length=length, initializer='array', array=prompt)
+    return method, {'prompt': jnp.asarray(prompt)}
+
+  token_dim = config.num_heads * config.head_dim
+  _check(config_path, 'token_dim (num_heads * d_kv)', token_dim,
+         peft_config.get('token_dim') or config.emb_dim)
+  _check(config_path, 'num_attention_heads', config.num_heads,
+         peft_config.get('num_attention_heads') or config.num_heads)
+  layers = peft_config.get('num_layers') or config.num_encoder_layers
+  _check(config_path, 'num_layers (encoder layers)', config.num_encoder_layers, layers)
+  if config.num_decoder_layers > config.num_encoder_layers:
+    raise ValueError(f'{config_path}: peft prefixes cannot run on a T5 with more decoder than '
+                     f'encoder layers ({config.num_encoder_layers}+'
+                     f'{config.num_decoder_layers})')
+  submodules = peft_config.get('num_transformer_submodules') or 2
+  _check(config_path, 'num_transformer_submodules', 2, submodules)
+  _check(tensor_path, f'{TENSOR_KEY} shape [num_virtual_tokens, 2 * num_layers * token_dim]',
+         (length, 2 * layers * token_dim), tuple(rows.shape))
+  method = PrefixTuning(length=length, style='peft', reparameterize=False)
+  return method, {'decoder_self': {'prefix': jnp.asarray(rows)}}
+
+
+def attach(model: Any, method: Any, method_params: Dict[str, Any]) -> Any:
+  """A copy of `model` whose `logits` / `generate` include the prompt or prefix."""
+  params = None if method_params is None else dict(method_params)
+  return dataclasses.replace(model, method=method, method_params=params)
+
+
+def load_peft(model: Any, directory: str) -> Any:
+  """`model` with the peft adapter in `directory` attached (import_peft + attach)."""
+  return attach(model, *import_peft(directory, model.config))

@@ -1,0 +1,55 @@
+"""Sequence lengths and the default vocabulary path, in pure Python."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Dict
+
+VOCAB_ENV_VAR = 'JAXPT_VOCAB'
+PUBLIC_VOCAB = 'gs://t5-data/vocabs/cc_all.32000/sentencepiece.model'
+EXTRA_IDS = 100
+"""T5's sentinel ids: with the 32000-piece model the vocabulary has 32100 ids."""
+
+_REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+_SHARED_VOCAB = _REPO_ROOT.parent / 'shared' / 'data' / 'vocab' / 't5_spiece.model'
+
+
+def default_vocab_path() -> str:
+  """The T5 SentencePiece model: $JAXPT_VOCAB, else `../shared/data/vocab/t5_spiece.model`
+  beside the repository when present, else T5's public GCS copy."""
+  if os.environ.get(VOCAB_ENV_VAR):
+    return os.environ[VOCAB_ENV_VAR]
+  if _SHARED_VOCAB.is_file():
+    return str(_SHARED_VOCAB)
+  return PUBLIC_VOCAB
+
+
+def feature_lengths(inputs: int, targets: int, prompt_length: int = 0) -> Dict[str, int]:
+  """SeqIO `sequence_length` for a model whose encoder input starts with a soft prompt.
+
+  The prompt takes `prompt_length` of the encoder's `inputs` positions, so the
+  text gets the rest; `append_eos_after_trim` keeps the EOS within it.
+
+  Args:
+    inputs: the encoder length the model sees (prompt + text).
+    targets: the decoder length.
+    prompt_length: the number of prompt vectors (0 for no prompt).
+
+  Returns:
+    {'inputs': inputs - prompt_length, 'targets': targets}.
+
+  Raises:
+    ValueError: for a negative length, or when the prompt leaves no room for at
+      least one text token and EOS, or when targets cannot hold a token and EOS.
+  """
+  if min(inputs, targets, prompt_length) < 0:
+    raise ValueError(f'lengths must not be negative: inputs={inputs}, targets={targets}, '
+                     f'prompt_length={prompt_length}')
+  text_length = inputs - prompt_length
+  if text_length < 2:
+    raise ValueError(f'a prompt of {prompt_length} leaves {text_length} of the {inputs} input '
+                     f'positions for the text; at least 2 are needed (a token and EOS)')
+  if targets < 2:
+    raise ValueError(f'targets length {targets} cannot hold a token and EOS')
+  return {'inputs': text_length, 'targets': targets}

@@ -1,0 +1,142 @@
+"""The SeqIO side of `tasks/`: registration, tokenization, truncation, errors.
+
+Imports SeqIO and TensorFlow (a few seconds); the pure-Python parts are tested
+in test_tasks.py.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+seqio = pytest.importorskip('seqio')
+tf = pytest.importorskip('tensorflow')
+
+import tasks  # pylint: disable=wrong-import-position
+from tasks import features, local, registry, synthetic  # pylint: disable=wrong-import-position
+
+EOS = 1
+
+
+@pytest.fixture
+def data_dir(shared_data):
+  local.set_data_dir(shared_data)
+  yield shared_data
+  local.set_data_dir(None)
+
+
+def _decode(task, feature, ids):
+  ids = [int(i) for i in ids]
+  assert ids[-1] == EOS
+  return task.output_features[feature].vocabulary.decode(ids[:-1])
+
+
+def test_import_tasks_registers_everything():
+  code = ('import seqio, tasks; names = set(seqio.TaskRegistry.names()); '
+          'assert {"super_glue_rte", "super_glue_rte_local", "glue_sst2_local", '
+          '"super_glue_record", "glue_qqp", "synthetic_two_class"} <= names, names; '
+          'assert {"super_glue", "super_glue_local"} <= set(seqio.MixtureRegistry.names())')
+  subprocess.run([sys.executable, '-c', code], check=True)
+  assert set(registry.TASK_NAMES) <= set(seqio.TaskRegistry.names())
+
+
+def test_rte_local_tokens_decode_to_formatter_text(data_dir):
+  task = tasks.get_task('super_glue_rte_local')
+  vocabulary = task.output_features['inputs'].vocabulary
+  assert vocabulary.vocab_size == 32100
+  dataset = task.get_dataset({'inputs': 512, 'targets': 8}, split='validation', shuffle=False)
+  expected = list(local.local_examples('rte', 'validation', data_dir))[:3]
+  for example, want in zip(dataset.as_numpy_iterator(), expected):
+    assert _decode(task, 'inputs', example['inputs']) == want['inputs']
+    assert _decode(task, 'targets', example['targets']) == want['targets']
+    assert example['idx'] == want['idx']
+
+
+def test_eos_survives_truncation(data_dir):
+  task = tasks.get_task('super_glue_rte_local')
+  lengths = features.feature_lengths(inputs=40, targets=4, prompt_length=8)
+  assert lengths == {'inputs': 32, 'targets': 4}
+  longest = max(local.local_examples('rte', 'validation', data_dir),
+                key=lambda e: len(e['inputs']))
+  dataset = task.get_dataset(lengths, split='validation', shuffle=False)
+  (example,) = [e for e in dataset.as_numpy_iterator() if e['idx'] == longest['idx']]
+  assert len(example['inputs']) == 32 and example['inputs'][-1] == EOS
+  assert len(example['targets']) <= 4 and example['targets'][-1] == EOS
+  assert longest['inputs'].startswith(_decode(task, 'inputs', example['inputs']))
+
+
+def test_synthetic_task():
+  task = tasks.get_task('synthetic_two_class')
+  assert isinstance(task.output_features['inputs'].vocabulary, seqio.ByteVocabulary)
+  dataset = task.get_dataset({'inputs': 128, 'targets': 8}, split='validation', shuffle=False)
+  got = [(_decode(task, 'inputs', e['inputs']), _decode(task, 'targets', e['targets']))
+         for e in dataset.as_numpy_iterator()]
+  assert got == [(e['inputs'], e['targets']) for e in synthetic.synthetic_examples('validation')]
+  assert task.postprocess_fn('tool') == 1 and task.postprocess_fn('spoon') == -1
+
+
+def test_unknown_task_suggests_close_names():
+  with pytest.raises(ValueError, match="did you mean 'super_glue_rte_local'"):
+    tasks.get_task('super_glue_rte_locl')
+  with pytest.raises(ValueError, match='unknown task'):
+    tasks.get_task('no_such_thing_at_all')
+
+
+def test_missing_data_dir_is_a_clear_error(tmp_path, monkeypatch):
+  task = tasks.get_task('super_glue_cb_local')
+  monkeypatch.setenv(local.ENV_VAR, str(tmp_path / 'absent'))
+  with pytest.raises(FileNotFoundError, match=r'absent.*JAXPT_DATA_DIR'):
+    task.get_dataset({'inputs': 64, 'targets': 8}, split='validation')
+  monkeypatch.setenv(local.ENV_VAR, str(tmp_path))
+  with pytest.raises(FileNotFoundError, match=r'superglue/cb/val\.jsonl'):
+    task.get_dataset({'inputs': 64, 'targets': 8}, split='validation')
+
+
+def test_tfds_source_uses_the_same_formatter(monkeypatch):
+  """The TFDS path, on a fake `tfds.load` (no network): ints/bytes -> Python -> formatter."""
+  tfds = pytest.importorskip('tensorflow_datasets')
+  records = {
+      'super_glue/rte': {'premise': [b'P.'], 'hypothesis': [b'H.'], 'idx': [3], 'label': [0]},
+      'super_glue/multirc': {'paragraph': [b'A<br>B <b>C</b>'], 'question': [b'Q?'],
+                             'answer': [b'A.'], 'label': [1],
+                             'idx': {'paragraph': [0], 'question': [2], 'answer': [5]}},
+  }
+  monkeypatch.setattr(tfds, 'load', lambda name, **kw: tf.data.Dataset.from_tensor_slices(
+      records[name]))
+  rte = tasks.get_task('super_glue_rte').get_dataset({'inputs': 64, 'targets': 8},
+                                                      split='validation', shuffle=False)
+  (example,) = list(rte.as_numpy_iterator())
+  assert example['inputs_pretokenized'].decode() == 'rte hypothesis: H. premise: P.'
+  assert example['targets_pretokenized'].decode() == 'entailment'
+  multirc = tasks.get_task('super_glue_multirc')
+  (example,) = list(multirc.get_dataset({'inputs': 64, 'targets': 8}, split='validation',
+                                        shuffle=False).as_numpy_iterator())
+  assert example['inputs_pretokenized'].decode() == (
+      'multirc question: Q? answer: A. paragraph: A B C')
+  assert (example['idx/question'], example['targets_pretokenized']) == (2, b'True')
+  target = multirc.postprocess_fn(b'True', example=example, is_target=True)
+  assert target == {'value': 1, 'group': (0, 2)}
+  assert registry.multirc_metric([target], [-1]) == {'exact_match': 0.0, 'f1a': 0.0}
+
+
+def test_postprocess_and_metrics_of_a_task():
+  task = tasks.get_task('super_glue_cb')
+  ids = [task.postprocess_fn(t) for t in ('neutral', 'entailment', 'nonsense')]
+  assert ids == [2, 0, -1]
+  (metric,) = task.metric_fns
+  assert metric([2, 0, 1], ids)['accuracy'] == pytest.approx(200 / 3)
+  record = tasks.get_task('super_glue_record')
+  example = {'answers': np.array([b'Paris', b'Paris, France'])}
+  assert record.postprocess_fn(b'x', example=example, is_target=True) == ['Paris', 'Paris, France']
+
+
+def test_local_mixture(data_dir):
+  mixture = tasks.get_task('super_glue_local')
+  assert {t.name for t in mixture.tasks} == set(registry.MIXTURES['super_glue_local'])
+  dataset = mixture.get_dataset({'inputs': 64, 'targets': 8}, split='validation', shuffle=True,
+                                seed=0)
+  for example in dataset.take(4).as_numpy_iterator():
+    assert example['inputs'][-1] == EOS and example['targets'][-1] == EOS
