@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpt.evaluate.decoding import greedy_decode
+from jaxpt.evaluate.decoding import beam_search, greedy_decode, sample_decode
 from jaxpt.models.config import T5Config, find_preset
 from jaxpt.models.t5 import T5
 
@@ -36,6 +36,29 @@ def _compiled(config: T5Config, method: Any):
                          prefixes=prefixes)
 
   return jax.jit(logits), jax.jit(generate, static_argnums=3)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_decoders(config: T5Config, method: Any):
+  """Jitted (sample, beam) decoders for a config and an optional soft-prompt method."""
+
+  def soft(method_params, batch):
+    if method is None:
+      return None, None, 'none'
+    s = method.soft_inputs(method_params, config, batch)
+    return s.prompt, s.prefixes, s.prefix_position
+
+  def sample(params, method_params, enc, n, rng, temperature, top_k):
+    prompt, prefixes, position = soft(method_params, enc.shape[0])
+    return sample_decode(T5(config, position), params, enc, n, rng, temperature=temperature,
+                         top_k=top_k, prompt=prompt, prefixes=prefixes)
+
+  def beam(params, method_params, enc, n, num_beams, length_penalty):
+    prompt, prefixes, position = soft(method_params, enc.shape[0])
+    return beam_search(T5(config, position), params, enc, n, num_beams=num_beams,
+                       length_penalty=length_penalty, prompt=prompt, prefixes=prefixes)
+
+  return jax.jit(sample, static_argnums=(3, 6)), jax.jit(beam, static_argnums=(3, 4))
 
 
 def _check_tokens(name: str, tokens: Any, vocab_size: int) -> np.ndarray:
@@ -89,14 +112,34 @@ class Model:
     return np.asarray(logits(self.params, self.method_params, jnp.asarray(enc),
                              jnp.asarray(dec)), np.float32)
 
-  def generate(self, encoder_input_tokens: Any, max_length: int = 32) -> np.ndarray:
-    """Greedy decoding: int32 [batch, max_length], 0 after EOS."""
+  def generate(self, encoder_input_tokens: Any, max_length: int = 32, *,
+               strategy: str = 'greedy', num_beams: int = 4, length_penalty: float = 1.0,
+               temperature: float = 1.0, top_k: int = 0, seed: int = 0) -> np.ndarray:
+    """Decodes up to `max_length` tokens: int32 [batch, max_length], 0 after EOS.
+
+    `strategy` is 'greedy' (the default), 'sample' (`temperature`, `top_k`,
+    PRNG `seed`) or 'beam' (`num_beams`, `length_penalty`; the best beam,
+    as transformers' `generate(num_beams=...)`). See `jaxpt.evaluate.decoding`.
+    """
     enc = _check_tokens('encoder_input_tokens', encoder_input_tokens, self.config.vocab_size)
     if max_length <= 0:
       raise ValueError(f'max_length must be positive, got {max_length}')
-    _, generate = _compiled(self.config, self.method)
-    return np.asarray(generate(self.params, self.method_params, jnp.asarray(enc),
-                               int(max_length)))
+    if strategy == 'greedy':
+      _, generate = _compiled(self.config, self.method)
+      out = generate(self.params, self.method_params, jnp.asarray(enc), int(max_length))
+    elif strategy == 'sample':
+      sample, _ = _compiled_decoders(self.config, self.method)
+      out = sample(self.params, self.method_params, jnp.asarray(enc), int(max_length),
+                   jax.random.key(seed), float(temperature), int(top_k))
+    elif strategy == 'beam':
+      if num_beams <= 0:
+        raise ValueError(f'num_beams must be positive, got {num_beams}')
+      _, beam = _compiled_decoders(self.config, self.method)
+      out = beam(self.params, self.method_params, jnp.asarray(enc), int(max_length),
+                 int(num_beams), float(length_penalty))[0][:, 0]
+    else:
+      raise ValueError(f"strategy must be 'greedy', 'sample' or 'beam', got {strategy!r}")
+    return np.asarray(out)
 
   def num_params(self) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(self.params)))
