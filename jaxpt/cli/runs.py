@@ -1,0 +1,341 @@
+"""The gin-configured runs behind `jaxpt train`, `jaxpt eval` and `jaxpt infer`.
+
+Each run reads its settings from gin (T5X-style macros in gin/runs/*.gin:
+MODEL_DIR, INITIAL_CHECKPOINT_PATH, MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS,
+TRAIN_STEPS, BATCH_SIZE, METHOD, OPTIMIZER, TRAINABLE_RULES) and writes into
+the model directory: training checkpoints, prompt checkpoints, metrics.jsonl,
+TensorBoard event files and the gin config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxpt
+from jaxpt.evaluate.decoding import greedy_decode
+from jaxpt.evaluate.rank_classification import rank_classify
+from jaxpt.methods import PROMPT_ONLY, Backbone
+from jaxpt.models.config import T5Config
+from jaxpt.models.t5 import T5, init_params
+
+CONFIG_FILE = 'config.gin'
+OPERATIVE_CONFIG_FILE = 'operative_config.gin'
+
+
+def _writable_dir(path: Optional[str], what: str = 'MODEL_DIR') -> str:
+  if not path:
+    raise ValueError(f'{what} is not set: pass --gin.{what}="\'/path/to/dir\'"')
+  try:
+    os.makedirs(path, exist_ok=True)
+    probe = os.path.join(path, '.jaxpt_write_test')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise OSError(f'{what} {path!r} is not a writable directory: {e.strerror or e}') from e
+  return path
+
+
+def _backbone(initial_checkpoint_path: Optional[str], model_config: Optional[T5Config],
+              seed: int) -> jaxpt.Model:
+  if initial_checkpoint_path:
+    model = jaxpt.load_model(initial_checkpoint_path)
+    if model_config is not None and model_config.emb_dim != model.config.emb_dim:
+      raise ValueError(f'MODEL_CONFIG (d_model {model_config.emb_dim}) does not match the '
+                       f'checkpoint {initial_checkpoint_path} (d_model {model.config.emb_dim})')
+    if model_config is not None:  # run settings (dtype, scan, remat, dropout) from gin
+      model = jaxpt.Model(model.config.replace(
+          dtype=model_config.dtype, scan_layers=False, remat_policy=model_config.remat_policy,
+          dropout_rate=model_config.dropout_rate), model.params, model.source)
+    return model
+  if model_config is None:
+    raise ValueError('set INITIAL_CHECKPOINT_PATH (a T5 checkpoint) or MODEL_CONFIG '
+                     '(a model gin file such as models/t5_1_1/tiny.gin)')
+  print(f'WARNING: INITIAL_CHECKPOINT_PATH is not set: the backbone is a RANDOMLY '
+        f'initialized T5 (seed {seed}), not a pretrained one.', flush=True)
+  return jaxpt.Model(model_config, init_params(model_config, jax.random.key(seed)),
+                     source=f'random init (seed {seed})')
+
+
+def _task_setup(task_name: str, feature_lengths: Mapping[str, int], prompt_length: int):
+  import tasks
+  task = tasks.get_task(task_name)
+  lengths = tasks.feature_lengths(feature_lengths['inputs'], feature_lengths['targets'],
+                                  prompt_length)
+  return task, lengths
+
+
+def _vocabulary_encoder(task: Any):
+  vocab = task.output_features['targets'].vocabulary
+  return lambda text: list(vocab.encode(text))
+
+
+def _tensorboard_writer(directory: str):
+  import tensorflow as tf
+  return tf.summary.create_file_writer(directory)
+
+
+def _write_scalars(writer: Any, step: int, values: Mapping[str, Any]) -> None:
+  import tensorflow as tf
+  with writer.as_default():
+    for key, value in values.items():
+      if isinstance(value, (int, float)) and key not in ('step', 'time'):
+        tf.summary.scalar(key, float(value), step=step)
+  writer.flush()
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def label_token_table(task_name: str, encode) -> Optional[np.ndarray]:
+  """[num_labels, T] tokens of every label word + EOS, or None for free-text tasks."""
+  import tasks
+  try:
+    words = tasks.label_words(task_name)
+  except (KeyError, ValueError):
+    return None
+  if not words:
+    return None
+  rows = [encode(w) + [1] for w in words]
+  table = np.zeros((len(rows), max(map(len, rows))), np.int32)
+  for i, row in enumerate(rows):
+    table[i, :len(row)] = row
+  return table
+
+
+def score_split(config: T5Config, method: Any, params: Dict[str, Any], task_name: str,
+                examples: Mapping[str, Any], batch_size: int = 32,
+                max_decode_length: int = 16) -> Dict[str, Any]:
+  """Predictions and the task's metrics for a split.
+
+  Classification tasks use rank classification over the label words (the
+  paper's evaluation); free-text tasks use greedy decoding.
+  """
+  import tasks
+  vocab = examples['vocabulary']
+  encode = lambda text: list(vocab.encode(text))
+  table = label_token_table(task_name, encode)
+
+  @jax.jit
+  def rank(p, enc):
+    s = method.soft_inputs(p.get('method', {}), config, enc.shape[0])
+    preds, scores = rank_classify(T5(config, s.prefix_position), p['backbone'], enc,
+                                  jnp.asarray(table), prompt=s.prompt, prefixes=s.prefixes)
+    return preds
+
+  @jax.jit
+  def generate(p, enc):
+    s = method.soft_inputs(p.get('method', {}), config, enc.shape[0])
+    return greedy_decode(T5(config, s.prefix_position), p['backbone'], enc, max_decode_length,
+                         prompt=s.prompt, prefixes=s.prefixes)
+
+  inputs = examples['inputs']
+  n = inputs.shape[0]
+  predictions, texts = [], []
+  for start in range(0, n, batch_size):
+    chunk = inputs[start:start + batch_size]
+    pad = batch_size - chunk.shape[0]
+    padded = np.pad(chunk, ((0, pad), (0, 0))) if pad else chunk
+    if table is not None:
+      out = np.asarray(rank(params, padded))[:batch_size - pad]
+      predictions += [int(i) for i in out]
+      texts += [tasks.label_words(task_name)[int(i)] for i in out]
+    else:
+      out = np.asarray(generate(params, padded))[:batch_size - pad]
+      for row in out:
+        text = vocab.decode([int(t) for t in row if t > 1])
+        texts.append(text)
+        predictions.append(tasks.postprocess(task_name, text))
+  targets = [tasks.postprocess(task_name, t) for t in examples['target_texts']]
+  try:
+    metrics = tasks.metrics.compute(task_name, targets, predictions)
+  except ValueError as e:  # e.g. MultiRC without question groups: report accuracy
+    metrics = {'accuracy': 100.0 * float(np.mean(np.asarray(targets) == np.asarray(predictions))),
+               'note': str(e)}
+  return {'metrics': metrics, 'predictions': texts, 'targets': examples['target_texts']}
+
+
+# ------------------------------------------------------------------------------- the runs
+
+
+@gin.configurable(module='jaxpt')
+def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
+          task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+          train_steps: int = gin.REQUIRED, batch_size: int = gin.REQUIRED,
+          method: Any = gin.REQUIRED, optimizer: Any = gin.REQUIRED,
+          initial_checkpoint_path: Optional[str] = None,
+          model_config: Optional[T5Config] = None,
+          trainable_rules: Sequence[str] = PROMPT_ONLY, seed: int = 0,
+          eval_split: Optional[str] = 'validation', eval_every: Optional[int] = None,
+          eval_examples: Optional[int] = None, best_metric: Optional[str] = None,
+          checkpoint_every: int = 1000, keep_checkpoints: int = 3, log_every: int = 100,
+          label_smoothing: float = 0.0, z_loss: float = 1e-4) -> Dict[str, Any]:
+  """Tunes `method` on a frozen backbone; see gin/runs/train.gin for the macros."""
+  from jaxpt.data.seqio_batches import TrainBatches, eval_examples as read_eval
+  from jaxpt.train.loop import train as train_loop
+
+  model_dir = _writable_dir(model_dir)
+  task, lengths = _task_setup(mixture_or_task_name, task_feature_lengths, method.prompt_length)
+  with open(os.path.join(model_dir, CONFIG_FILE), 'w') as f:
+    f.write(gin.config_str())
+  model = _backbone(initial_checkpoint_path, model_config, seed)
+  method_params = method.init(jax.random.key(seed + 1), Backbone(
+      model.config, model.params['token_embedder']['embedding'], _vocabulary_encoder(task)))
+  batches = TrainBatches(mixture_or_task_name, lengths, batch_size, seed=seed)
+
+  eval_fn = None
+  if eval_split and eval_every:
+    examples = read_eval(mixture_or_task_name, lengths, eval_split, eval_examples)
+    eval_fn = lambda params, step: {k: v for k, v in score_split(
+        model.config, method, params, mixture_or_task_name, examples)['metrics'].items()
+                                    if isinstance(v, (int, float))}
+  writers = {}
+
+  def on_metrics(record: Dict[str, Any]) -> None:
+    split = record.get('split', 'train')
+    if split not in writers:
+      writers[split] = _tensorboard_writer(os.path.join(model_dir, split))
+    _write_scalars(writers[split], int(record['step']), record)
+
+  result = train_loop(
+      model.config, model.params, method, method_params, batches, optimizer=optimizer,
+      num_steps=train_steps, rng=jax.random.key(seed + 2), trainable_rules=trainable_rules,
+      model_dir=model_dir, checkpoint_every=checkpoint_every, keep=keep_checkpoints,
+      eval_fn=eval_fn, eval_every=eval_every, best_metric=best_metric,
+      log_every=log_every, on_metrics=on_metrics, backbone_source=model.source,
+      label_smoothing=label_smoothing, z_loss=z_loss)
+  with open(os.path.join(model_dir, OPERATIVE_CONFIG_FILE), 'w') as f:
+    f.write(gin.operative_config_str())
+  print(f'trained {result.step} steps; checkpoints and prompts in {model_dir}', flush=True)
+  return {'step': result.step, 'model_dir': model_dir}
+
+
+def _load_tuned(model_dir: str, initial_checkpoint_path: Optional[str],
+                model_config: Optional[T5Config], seed: int, prompt_dir: Optional[str]):
+  from jaxpt.checkpoints import prompts
+  model = _backbone(initial_checkpoint_path, model_config, seed)
+  path = prompt_dir or os.path.join(model_dir, 'prompt')
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'no prompt checkpoint at {path}: run `jaxpt train` with this '
+                            f'MODEL_DIR first, or set PROMPT_DIR')
+  method, method_params, manifest = prompts.load_prompt(path, model)
+  return model, method, method_params, path
+
+
+@gin.configurable(module='jaxpt')
+def evaluate(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
+             task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+             initial_checkpoint_path: Optional[str] = None,
+             model_config: Optional[T5Config] = None, seed: int = 0,
+             split: str = 'validation', max_examples: Optional[int] = None,
+             prompt_dir: Optional[str] = None, batch_size: int = 32) -> Dict[str, Any]:
+  """Scores a trained prompt on a task split; writes eval_metrics.jsonl + TensorBoard."""
+  from jaxpt.data.seqio_batches import eval_examples as read_eval
+
+  model_dir = _writable_dir(model_dir)
+  model, method, method_params, path = _load_tuned(model_dir, initial_checkpoint_path,
+                                                   model_config, seed, prompt_dir)
+  _, lengths = _task_setup(mixture_or_task_name, task_feature_lengths, method.prompt_length)
+  examples = read_eval(mixture_or_task_name, lengths, split, max_examples)
+  start = time.time()
+  out = score_split(model.config, method, {'backbone': model.params, 'method': method_params},
+                    mixture_or_task_name, examples, batch_size=batch_size)
+  record = {'split': split, 'task': mixture_or_task_name, 'prompt': path,
+            'examples': len(out['targets']), **out['metrics'],
+            'seconds': round(time.time() - start, 2)}
+  with open(os.path.join(model_dir, 'eval_metrics.jsonl'), 'a') as f:
+    f.write(json.dumps(record) + '\n')
+  step = json.load(open(os.path.join(path, 'jaxpt_prompt.json'))).get('step') or 0
+  _write_scalars(_tensorboard_writer(os.path.join(model_dir, f'eval_{split}')), int(step),
+                 out['metrics'])
+  print(f'{mixture_or_task_name} {split}: ' + ', '.join(
+      f'{k} {v:.2f}' for k, v in out['metrics'].items() if isinstance(v, float)), flush=True)
+  return record
+
+
+@gin.configurable(module='jaxpt')
+def infer(*, model_dir: str = gin.REQUIRED, task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+          mixture_or_task_name: Optional[str] = None, input_tsv: Optional[str] = None,
+          output_file: Optional[str] = None, initial_checkpoint_path: Optional[str] = None,
+          model_config: Optional[T5Config] = None, seed: int = 0, split: str = 'validation',
+          max_examples: Optional[int] = None, prompt_dir: Optional[str] = None,
+          max_decode_length: int = 16, batch_size: int = 32) -> str:
+  """Greedy predictions for a TSV of inputs (first column) or a task split, to JSONL."""
+  import tasks
+  from jaxpt.data.seqio_batches import eval_examples as read_eval
+
+  model_dir = _writable_dir(model_dir)
+  model, method, method_params, path = _load_tuned(model_dir, initial_checkpoint_path,
+                                                   model_config, seed, prompt_dir)
+  lengths = tasks.feature_lengths(task_feature_lengths['inputs'],
+                                  task_feature_lengths['targets'], method.prompt_length)
+  if input_tsv:
+    if not os.path.isfile(input_tsv):
+      raise FileNotFoundError(f'INPUT_TSV {input_tsv!r} does not exist')
+    vocab = tasks.t5_vocabulary()
+    texts = [line.rstrip('\n').split('\t')[0] for line in open(input_tsv) if line.strip()]
+    rows = [vocab.encode(t)[:lengths['inputs'] - 1] + [1] for t in texts]
+    tokens = np.zeros((len(rows), lengths['inputs']), np.int32)
+    for i, row in enumerate(rows):
+      tokens[i, :len(row)] = row
+    examples = {'inputs': tokens, 'input_texts': texts, 'target_texts': [''] * len(texts),
+                'vocabulary': vocab}
+  elif mixture_or_task_name:
+    examples = read_eval(mixture_or_task_name, lengths, split, max_examples)
+    vocab = examples['vocabulary']
+  else:
+    raise ValueError('infer needs INPUT_TSV or MIXTURE_OR_TASK_NAME')
+  params = {'backbone': model.params, 'method': method_params}
+
+  @jax.jit
+  def generate(p, enc):
+    s = method.soft_inputs(p['method'], model.config, enc.shape[0])
+    return greedy_decode(T5(model.config, s.prefix_position), p['backbone'], enc,
+                         max_decode_length, prompt=s.prompt, prefixes=s.prefixes)
+
+  output_file = output_file or os.path.join(model_dir, 'predictions.jsonl')
+  n = examples['inputs'].shape[0]
+  with open(output_file, 'w') as f:
+    for start in range(0, n, batch_size):
+      chunk = examples['inputs'][start:start + batch_size]
+      pad = batch_size - chunk.shape[0]
+      out = np.asarray(generate(params, np.pad(chunk, ((0, pad), (0, 0)))))[:chunk.shape[0]]
+      for i, row in enumerate(out):
+        j = start + i
+        text = vocab.decode([int(t) for t in row if t > 1])
+        f.write(json.dumps({'input': examples['input_texts'][j], 'prediction': text,
+                            'target': examples['target_texts'][j]}) + '\n')
+  print(f'wrote {n} predictions to {output_file}', flush=True)
+  return output_file
+
+
+@gin.configurable(module='jaxpt')
+def export(*, model_dir: str = gin.REQUIRED, output_dir: str = gin.REQUIRED,
+           fmt: str = 'peft', initial_checkpoint_path: Optional[str] = None,
+           model_config: Optional[T5Config] = None, seed: int = 0,
+           prompt_dir: Optional[str] = None) -> str:
+  """Writes the trained prompt as a peft adapter (`fmt='peft'`) or the backbone as an HF
+  directory (`fmt='hf'`, with the prompt exported beside it as `adapter/`)."""
+  from jaxpt.interop.peft import export_peft
+
+  output_dir = _writable_dir(output_dir, 'OUTPUT_DIR')
+  model, method, method_params, _ = _load_tuned(model_dir, initial_checkpoint_path,
+                                                model_config, seed, prompt_dir)
+  if fmt == 'peft':
+    export_peft(model, method, method_params, output_dir)
+  elif fmt == 'hf':
+    jaxpt.save_hf(model, output_dir)
+    export_peft(model, method, method_params, os.path.join(output_dir, 'adapter'),
+                base_model_name_or_path=output_dir)
+  else:
+    raise ValueError(f"export format must be 'peft' or 'hf', got {fmt!r}")
+  print(f'wrote {fmt} export to {output_dir}', flush=True)
+  return output_dir

@@ -1,0 +1,168 @@
+"""The training loop: frozen leaves, resumption, retention, divergence and the metrics log."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from jaxpt.checkpoints import prompts
+from jaxpt.checkpoints.training import TrainCheckpointer
+from jaxpt.data.synthetic import two_class_batch
+from jaxpt.methods import Backbone, PromptTuning
+from jaxpt.models.config import preset
+from jaxpt.models.t5 import init_params
+from jaxpt.train.loop import CHECKPOINT_DIR, METRICS_FILE, TrainingDiverged, train
+from jaxpt.train.optim import make_optimizer
+from jaxpt.train.step import init_state
+
+BATCH = 4
+# One optimizer object for every run: the loop caches its compiled step per optimizer.
+ADAFACTOR = make_optimizer('adafactor', 0.3)
+
+
+@pytest.fixture(scope='module')
+def setup():
+  config = preset('t5_1_1', 'tiny', vocab_size=64, dropout_rate=0.1)
+  backbone = init_params(config, jax.random.key(0))
+  method = PromptTuning(length=5, initializer='sampled_vocab', population_size=64)
+  method_params = method.init(jax.random.key(1),
+                              Backbone(config, backbone['token_embedder']['embedding']))
+  return config, backbone, method, method_params
+
+
+def batches(position):
+  """The batch at `position`, with explicit loss weights (so a test can poison them)."""
+  features, _ = two_class_batch(BATCH, seed=position, vocab_size=64, length=6)
+  weights = (features['decoder_target_tokens'] > 0).astype(np.float32)
+  return dict(features, decoder_loss_weights=weights)
+
+
+def _run(setup, **kwargs):
+  config, backbone, method, method_params = setup
+  kwargs.setdefault('optimizer', ADAFACTOR)
+  kwargs.setdefault('rng', jax.random.key(42))
+  kwargs.setdefault('print_fn', None)
+  kwargs.setdefault('batches', batches)
+  return train(config, backbone, method, method_params, **kwargs)
+
+
+def _assert_bitwise(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    x, y = np.asarray(x), np.asarray(y)
+    assert x.dtype == y.dtype and x.shape == y.shape
+    assert x.tobytes() == y.tobytes()
+
+
+def test_frozen_leaves_untouched_and_optimizer_state_is_trainable_only(setup):
+  _, backbone, _, method_params = setup
+  before = jax.tree.map(np.array, backbone)
+  result = _run(setup, optimizer=optax.adamw(1e-2), num_steps=4, log_every=2)
+  _assert_bitwise(result.params['backbone'], before)
+  _assert_bitwise(backbone, before)  # the caller's arrays were not donated
+  assert not np.array_equal(result.method_params['prompt'], method_params['prompt'])
+  trainable_leaves = jax.tree.leaves(result.state.trainable)
+  assert list(result.state.trainable) == ['method']
+  arrays = [x for x in jax.tree.leaves(result.state.opt_state) if np.ndim(x) > 0]
+  # adamw keeps mu and nu per trainable leaf, nothing for the 27 frozen leaves.
+  assert len(arrays) == 2 * len(trainable_leaves)
+  assert sorted(x.shape for x in arrays) == sorted(2 * [x.shape for x in trainable_leaves])
+  assert result.step == 4 and result.data_position == 4
+
+
+def test_resume_is_bit_identical(setup, tmp_path):
+  common = dict(checkpoint_every=3, log_every=1, keep=5)
+  straight = _run(setup, num_steps=6, model_dir=tmp_path / 'straight', **common)
+  lines = []
+  first = _run(setup, num_steps=3, model_dir=tmp_path / 'resumed', print_fn=lines.append,
+               **common)
+  assert first.step == 3 and first.resumed_from is None
+  resumed = _run(setup, num_steps=6, model_dir=tmp_path / 'resumed', print_fn=lines.append,
+                 **common)
+  assert resumed.resumed_from == 3 and resumed.step == 6 and resumed.data_position == 6
+  _assert_bitwise(resumed.state.trainable, straight.state.trainable)
+  _assert_bitwise(resumed.state.opt_state, straight.state.opt_state)
+  assert any(line.startswith('resuming from') for line in lines)
+  progress = [line for line in lines if line.startswith('step ')]
+  assert len(progress) == 6 and 'examples/s' in progress[-1] and 'ETA' in progress[-1]
+
+  records = [json.loads(l) for l in (tmp_path / 'resumed' / METRICS_FILE).read_text().splitlines()]
+  assert [r['step'] for r in records if r['split'] == 'train'] == [1, 2, 3, 4, 5, 6]
+  assert all(np.isfinite(r['loss']) for r in records)
+  # The latest prompt checkpoint follows the run and loads on the backbone.
+  config, backbone, _, _ = setup
+  from jaxpt.models.model import Model
+  method, params, manifest = prompts.load_prompt(tmp_path / 'resumed' / 'prompt',
+                                                 Model(config, backbone))
+  assert manifest['step'] == 6
+  _assert_bitwise(params, resumed.method_params)
+
+
+def test_metrics_log_has_one_line_per_logged_step(setup, tmp_path):
+  result = _run(setup, num_steps=5, model_dir=tmp_path, log_every=2, checkpoint_every=10)
+  records = [json.loads(l) for l in (tmp_path / METRICS_FILE).read_text().splitlines()]
+  assert [r['step'] for r in records] == [2, 4, 5]
+  assert records == result.history
+  assert {'loss', 'token_accuracy', 'grad_norm', 'examples_per_second'} <= set(records[0])
+
+
+@pytest.mark.parametrize('mode,best', [('max', 4), ('min', 2)])
+def test_keeps_last_k_plus_best(setup, tmp_path, mode, best):
+  scores = {2: 0.5, 4: 0.9, 6: 0.7, 8: 0.6}
+  result = _run(setup, num_steps=8, model_dir=tmp_path, checkpoint_every=1, keep=2,
+                eval_fn=lambda params, step: {'score': scores[step]}, eval_every=2,
+                best_metric='score', best_mode=mode, log_every=100)
+  assert result.best_step == best
+  directory = tmp_path / CHECKPOINT_DIR
+  assert sorted(int(n) for n in os.listdir(directory)) == sorted({best, 7, 8})
+  with TrainCheckpointer(directory, keep=2, best_metric='score', best_mode=mode) as ckpt:
+    assert ckpt.all_steps() == sorted({best, 7, 8}) and ckpt.best_step() == best
+  assert prompts.read_manifest(tmp_path / 'prompt_best')['step'] == best
+  assert prompts.read_manifest(tmp_path / 'prompt')['step'] == 8
+
+
+def test_nan_stops_training_and_keeps_last_good_checkpoint(setup, tmp_path):
+  def poisoned(position):
+    batch = batches(position)
+    if position == 4:  # the batch of step 5
+      batch['decoder_loss_weights'] = np.full_like(batch['decoder_loss_weights'], np.nan)
+    return batch
+
+  with pytest.raises(TrainingDiverged) as err:
+    _run(setup, batches=poisoned, num_steps=10, model_dir=tmp_path, checkpoint_every=2,
+         log_every=100)
+  e = err.value
+  assert e.step == 5 and e.data_position == 4 and e.last_good_step == 4
+  assert 'step 5' in str(e) and e.last_good_checkpoint in str(e)
+  assert os.path.isdir(e.last_good_checkpoint)
+  assert isinstance(e, RuntimeError)
+
+  _, _, _, method_params = setup
+  like = init_state({'method': method_params}, ADAFACTOR)
+  with TrainCheckpointer(tmp_path / CHECKPOINT_DIR) as ckpt:
+    assert ckpt.latest_step() == 4
+    restored = ckpt.restore(like=like)
+  assert restored.data_position == 4 and int(restored.state.step) == 4
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored.state))
+
+
+def test_corrupt_checkpoint_raises_checkpoint_error(setup, tmp_path):
+  from jaxpt.checkpoints.errors import CheckpointError
+
+  _, _, _, method_params = setup
+  like = init_state({'method': method_params}, optax.sgd(0.1))
+  with TrainCheckpointer(tmp_path, keep=1, async_save=False) as ckpt:
+    ckpt.save(1, like, 1, jax.random.key(0))
+  for root, _, files in os.walk(tmp_path / '1' / 'state'):
+    for name in files:
+      if 'ocdbt' in root or name.startswith('manifest'):
+        with open(os.path.join(root, name), 'wb') as f:
+          f.write(b'corrupt')
+  with TrainCheckpointer(tmp_path, keep=1) as ckpt:
+    with pytest.raises(CheckpointError, match=str(tmp_path)):
+      ckpt.restore(like=like)
