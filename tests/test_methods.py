@@ -240,3 +240,26 @@ def test_tuning_learns_a_synthetic_task(method, learning_rate):
   # Seen when written (2-core EPYC): prompt 3.62 -> 0.80, acc 1.000; prefix 2.81 -> 0.11, acc 1.000.
   assert end < 0.3 * start
   assert accuracy >= 0.9
+
+
+@pytest.mark.parametrize('combine', ['average', 'vote'])
+def test_prompt_ensemble_in_one_pass_equals_separate_prompts(backbone, combine):
+  from jaxpt.evaluate.ensemble import ensemble_rank_classify
+  from jaxpt.evaluate.rank_classification import rank_classify
+  from jaxpt.models.t5 import T5
+  method = PromptTuning(length=3, initializer='uniform', num_prompts=3)
+  params = {'backbone': backbone,
+            'method': method.init(jax.random.key(7), Backbone(CONFIG, None))}
+  enc = _batch(n=5)['encoder_input_tokens']
+  labels = np.array([[10, 1], [11, 1], [12, 1]], np.int32)
+  preds, scores = ensemble_rank_classify(CONFIG, method, params, enc, labels, 3, combine)
+  separate = np.stack([np.asarray(rank_classify(
+      T5(CONFIG), backbone, enc, labels, prompt=params['method']['prompt'][i])[1])
+                       for i in range(3)])
+  np.testing.assert_allclose(scores, separate, atol=1e-4)
+  if combine == 'average':
+    want = separate.mean(0).argmax(-1)
+  else:
+    votes = np.stack([np.bincount(col, minlength=3) for col in separate.argmax(-1).T])
+    want = votes.argmax(-1)
+  np.testing.assert_array_equal(preds, want)
