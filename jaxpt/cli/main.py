@@ -4,6 +4,8 @@
   jaxpt summary PATH                          load a checkpoint, print its summary
   jaxpt train|eval|infer|export-peft|export-hf --gin_file=F [--gin_file=G ...]
         [--gin.MACRO=value ...] [--gin_search_paths=a,b]
+  jaxpt plan --gin_file=F ... [--num_devices=N] [--device_memory_gib=16]
+                                              per-device memory of the sharded step
 
 Errors print one line naming the bad flag, file or task and exit with status 2;
 `--debug` shows the Python traceback instead.
@@ -39,6 +41,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--gin_search_paths', default='',
                    help='comma-separated directories to look for gin files in')
     p.add_argument('--debug', action='store_true', help='show Python tracebacks')
+  plan = sub.add_parser('plan', help='compile the sharded training step ahead of time and '
+                        'print its per-device memory (same gin flags as train)')
+  plan.add_argument('--gin_file', action='append', default=[],
+                    help='a gin file (repeatable; later files override earlier ones)')
+  plan.add_argument('--gin_search_paths', default='',
+                    help='comma-separated directories to look for gin files in')
+  plan.add_argument('--debug', action='store_true', help='show Python tracebacks')
+  plan.add_argument('--num_devices', type=int, default=None,
+                    help='plan for N devices simulated on CPU (omit: this machine\'s devices)')
+  plan.add_argument('--device_memory_gib', type=float, default=16.0,
+                    help='memory per device to check against (v3: 16, v4: 32, H100: 80)')
+  plan.add_argument('--no_full_tuning', action='store_true',
+                    help='skip the comparison plan with every parameter trainable')
+  plan.add_argument('--no_scan_layers', action='store_true',
+                    help="keep the config's layer loop (scan_layers=True compiles faster)")
+  plan.add_argument('--json', default=None, help='also write the plans to this JSON file')
   return parser
 
 
@@ -60,13 +78,18 @@ def main(argv: Optional[List[str]] = None) -> None:
   argv = list(sys.argv[1:] if argv is None else argv)
   rest, bindings = _split_gin_flags(argv)
   args = _parser().parse_args(rest)
-  if bindings and args.command not in GIN_COMMANDS:
+  if bindings and args.command not in GIN_COMMANDS and args.command != 'plan':
     raise SystemExit(f'jaxpt {args.command}: error: --gin.* flags only apply to '
                      f'{", ".join(GIN_COMMANDS)}')
   try:
     if args.command == 'demo':
       from jaxpt.cli import demo
       demo.run()
+    elif args.command == 'plan':
+      from jaxpt.cli import plan
+      rc = plan.run(args, bindings, argv)
+      if rc:
+        sys.exit(rc)
     elif args.command == 'summary':
       import jaxpt
       print(jaxpt.load_model(args.path).summary())
@@ -87,6 +110,8 @@ def _run_gin_command(args: argparse.Namespace, bindings: List[str]) -> None:
                      f'--gin_file=models/t5_1_1/tiny.gin --gin_file=methods/prompt_tuning.gin '
                      f'--gin_file=runs/{args.command.split("-")[0]}.gin')
   search = [p for p in args.gin_search_paths.split(',') if p]
+  from jaxpt.partitioning import initialize_distributed
+  initialize_distributed()  # only where the environment says multi-host
   gin_flags.parse(args.gin_file, bindings, search)
   run = getattr(runs, GIN_COMMANDS[args.command][0])
   if args.command == 'export-hf':

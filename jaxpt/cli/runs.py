@@ -177,8 +177,13 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           eval_split: Optional[str] = 'validation', eval_every: Optional[int] = None,
           eval_examples: Optional[int] = None, best_metric: Optional[str] = None,
           checkpoint_every: int = 1000, keep_checkpoints: int = 3, log_every: int = 100,
-          label_smoothing: float = 0.0, z_loss: float = 1e-4) -> Dict[str, Any]:
-  """Tunes `method` on a frozen backbone; see gin/runs/train.gin for the macros."""
+          label_smoothing: float = 0.0, z_loss: float = 1e-4,
+          partitioning: Optional[Any] = None) -> Dict[str, Any]:
+  """Tunes `method` on a frozen backbone; see gin/runs/train.gin for the macros.
+
+  `partitioning` (a `jaxpt.partitioning.PartitionConfig`, bound by
+  gin/partitioning/*.gin) shards the run over a ('data', 'model') mesh.
+  """
   from jaxpt.data.seqio_batches import TrainBatches, eval_examples as read_eval
   from jaxpt.train.loop import train as train_loop
 
@@ -211,7 +216,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       model_dir=model_dir, checkpoint_every=checkpoint_every, keep=keep_checkpoints,
       eval_fn=eval_fn, eval_every=eval_every, best_metric=best_metric,
       log_every=log_every, on_metrics=on_metrics, backbone_source=model.source,
-      label_smoothing=label_smoothing, z_loss=z_loss)
+      label_smoothing=label_smoothing, z_loss=z_loss, partitioning=partitioning)
   with open(os.path.join(model_dir, OPERATIVE_CONFIG_FILE), 'w') as f:
     f.write(gin.operative_config_str())
   print(f'trained {result.step} steps; checkpoints and prompts in {model_dir}', flush=True)

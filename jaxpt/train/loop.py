@@ -159,7 +159,8 @@ def train(config: T5Config, backbone_params: Any, method: Method, method_params:
           on_metrics: Optional[Callable[[Dict[str, Any]], None]] = None,
           backbone_source: str = '', label_smoothing: float = 0.0, z_loss: float = 0.0,
           async_checkpoints: bool = True,
-          print_fn: Optional[Callable[[str], None]] = print) -> TrainResult:
+          print_fn: Optional[Callable[[str], None]] = print,
+          partitioning: Optional[Any] = None) -> TrainResult:
   """Trains `method_params` (or whatever `trainable_rules` selects) on a frozen backbone.
 
   Args:
@@ -193,6 +194,9 @@ def train(config: T5Config, backbone_params: Any, method: Method, method_params:
     z_loss: passed to the loss.
     async_checkpoints: write checkpoints in the background.
     print_fn: where progress lines go (None: silent).
+    partitioning: a `jaxpt.partitioning.PartitionConfig` (or anything with
+      `mesh()` and `rules()`): shard the run over its ('data', 'model') mesh by
+      its logical axis rules. None: the default single-program jit.
 
   Returns:
     A TrainResult.
@@ -220,6 +224,16 @@ def train(config: T5Config, backbone_params: Any, method: Method, method_params:
   # The state is donated to each step: copy so the caller's arrays stay valid.
   trainable = jax.tree.map(jnp.copy, trainable)
   state = init_state(trainable, optimizer)
+  sharded_step = None
+  if partitioning is not None:
+    from jaxpt import partitioning as pt
+    shardings = pt.train_shardings(config, params, optimizer, trainable_rules,
+                                   partitioning.mesh(), partitioning.rules())
+    state, frozen = pt.place(state, shardings.state), pt.place(frozen, shardings.frozen)
+    state = jax.tree.map(jnp.copy, state)  # never donate the caller's arrays
+    sharded_step = pt.shard_train_step(
+        make_train_step(config, method, optimizer, label_smoothing=label_smoothing,
+                        z_loss=z_loss), shardings)
   export_prompts = (model_dir is not None and 'backbone' not in trainable
                     and bool(jax.tree.leaves(trainable.get('method', {}))))
 
@@ -253,7 +267,7 @@ def train(config: T5Config, backbone_params: Any, method: Method, method_params:
   # fresh one must be too, or the two would compile separately.
   state = jax.tree.map(lambda x: jax.device_put(x, x.sharding), state)
   try:
-    step_fn = _jitted_step(config, method, optimizer, label_smoothing, z_loss)
+    step_fn = sharded_step or _jitted_step(config, method, optimizer, label_smoothing, z_loss)
   except TypeError:  # an unhashable method or optimizer: compile for this call only
     step_fn = jax.jit(make_train_step(config, method, optimizer,
                                       label_smoothing=label_smoothing, z_loss=z_loss),

@@ -1,0 +1,270 @@
+"""`jaxpt plan`: will this run fit? Per-device memory of the sharded training step.
+
+Takes the same gin files and `--gin.X=Y` flags as `jaxpt train` and, without
+loading or allocating any weight, builds the abstract parameters
+(`jax.eval_shape`), the mesh and rules of `jaxpt.partitioning.PartitionConfig`
+(gin/partitioning/*.gin), and lowers and compiles the training step ahead of
+time on ShapeDtypeStructs carrying their shardings. It prints what one device
+holds: frozen and trainable parameters, optimizer state, the batch, and the
+compiler's own accounting (`compiled.memory_analysis()`: arguments, outputs,
+aliased (donated) buffers, temporaries, generated code), then whether the peak
+fits `--device_memory_gib` (16 for TPU v3, 32 for v4, 80 for an H100). The same
+plan with every parameter trainable (full model tuning) follows, to show the
+saving.
+
+`--num_devices=N` plans for N devices on this machine: the command re-runs
+itself on N simulated CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count).
+
+  jaxpt plan --gin_file=models/t5_1_1/xxl.gin --gin_file=methods/prompt_tuning.gin \\
+    --gin_file=runs/train.gin --gin_file=partitioning/pjit.gin \\
+    --gin.NUM_PARTITIONS=8 --num_devices=32 --device_memory_gib=16
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpt import partitioning as pt
+from jaxpt.methods import EVERYTHING, PROMPT_ONLY, Backbone, partition
+from jaxpt.models.config import T5Config
+from jaxpt.models.t5 import abstract_params
+
+GIB = 2**30
+_REEXEC_ENV = 'JAXPT_PLAN_CHILD'
+# What `jaxpt plan` takes from `jaxpt.train`'s bindings (or else the macros).
+_INHERITED = {'model_config': 'MODEL_CONFIG', 'method': 'METHOD', 'optimizer': 'OPTIMIZER',
+              'trainable_rules': 'TRAINABLE_RULES', 'batch_size': 'BATCH_SIZE',
+              'task_feature_lengths': 'TASK_FEATURE_LENGTHS', 'partitioning': 'PARTITIONING',
+              'label_smoothing': None, 'z_loss': None}
+
+
+def _simulated_env(num_devices: int) -> Optional[Dict[str, str]]:
+  """The environment to re-run in, or None when this process already has the devices."""
+  flag = f'--xla_force_host_platform_device_count={num_devices}'
+  if os.environ.get(_REEXEC_ENV) == '1':
+    return None
+  env = dict(os.environ)
+  flags = [f for f in env.get('XLA_FLAGS', '').split()
+           if not f.startswith('--xla_force_host_platform_device_count')]
+  env['XLA_FLAGS'] = ' '.join(flags + [flag])
+  env['JAX_PLATFORMS'] = 'cpu'
+  env[_REEXEC_ENV] = '1'
+  return env
+
+
+def _inherit_bindings() -> None:
+  """Binds `jaxpt.plan.X` to `jaxpt.train.X` (or the macro) where not bound explicitly."""
+  for name, macro in _INHERITED.items():
+    try:
+      gin.query_parameter(f'jaxpt.plan.{name}')
+      continue
+    except ValueError:
+      pass
+    try:
+      gin.bind_parameter(f'jaxpt.plan.{name}', gin.query_parameter(f'jaxpt.train.{name}'))
+      continue
+    except ValueError:
+      pass
+    if macro is None:
+      continue
+    try:
+      gin.query_parameter(f'{macro}/macro.value')
+    except ValueError:
+      continue
+    gin.parse_config(f'jaxpt.plan.{name} = %{macro}')
+
+
+def _abstract_method_params(method: Any, config: T5Config) -> Any:
+  """Shapes of `method.init(...)`; initializers that need a vocabulary plan as 'uniform'."""
+  embedding = jax.ShapeDtypeStruct((config.vocab_size, config.emb_dim), jnp.float32)
+
+  def init(m):
+    return jax.eval_shape(lambda e: m.init(jax.random.key(0), Backbone(config, e)), embedding)
+
+  try:
+    return init(method)
+  except ValueError:
+    if dataclasses.is_dataclass(method) and hasattr(method, 'initializer'):
+      return init(dataclasses.replace(method, initializer='uniform'))
+    raise
+
+
+def _bytes(mem: Any, name: str) -> int:
+  return int(getattr(mem, name, 0) or 0)
+
+
+def plan_step(config: T5Config, method: Any, optimizer: Any, trainable_rules: Sequence[str],
+              batch_size: int, input_length: int, target_length: int,
+              partitioning: pt.PartitionConfig, *, label_smoothing: float = 0.0,
+              z_loss: float = 0.0, device_memory_gib: float = 16.0) -> Dict[str, Any]:
+  """Compiles the sharded step ahead of time for abstract inputs; returns its memory plan.
+
+  Args:
+    config: the backbone config (planned as given: set scan_layers before).
+    method: the soft-prompt method (its params' shapes come from eval_shape).
+    optimizer: the optax optimizer.
+    trainable_rules: which leaves train (`split.PROMPT_ONLY`, `split.EVERYTHING`).
+    batch_size: global batch size.
+    input_length: encoder length the model sees, prompt included.
+    target_length: decoder length.
+    partitioning: the mesh and rules.
+    label_smoothing / z_loss: passed to the loss.
+    device_memory_gib: the per-device memory to check the peak against.
+
+  Returns:
+    A dict of per-device bytes ('frozen_params', 'trainable_params',
+    'optimizer_state', 'batch', 'arguments', 'outputs', 'aliased',
+    'temporaries', 'generated_code', 'peak'), 'fits', the mesh shape and the
+    compile time.
+  """
+  from jaxpt.train.step import init_state, make_train_step
+
+  mesh, rules = partitioning.mesh(), partitioning.rules()
+  params = {'backbone': abstract_params(config),
+            'method': _abstract_method_params(method, config)}
+  sh = pt.train_shardings(config, params, optimizer, trainable_rules, mesh, rules)
+  trainable, frozen = partition(params, trainable_rules)
+  state = jax.eval_shape(lambda t: init_state(t, optimizer), trainable)
+  enc_len = input_length - int(getattr(method, 'prompt_length', 0))
+  if enc_len <= 0:
+    raise ValueError(f'input length {input_length} leaves no room beside the prompt '
+                     f'({method.prompt_length})')
+  batch = {'encoder_input_tokens': jax.ShapeDtypeStruct((batch_size, enc_len), jnp.int32),
+           'decoder_input_tokens': jax.ShapeDtypeStruct((batch_size, target_length), jnp.int32),
+           'decoder_target_tokens': jax.ShapeDtypeStruct((batch_size, target_length), jnp.int32)}
+  if batch_size % mesh.shape['data']:
+    raise ValueError(f'batch size {batch_size} is not divisible by the data axis '
+                     f"({mesh.shape['data']} = {mesh.size} devices / {mesh.shape['model']})")
+  batch_sh = {k: sh.batch for k in batch}
+  rng = jax.eval_shape(lambda: jax.random.key(0))
+  step = pt.shard_train_step(make_train_step(config, method, optimizer,
+                                             label_smoothing=label_smoothing, z_loss=z_loss), sh)
+  args = (pt.abstract_with_shardings(state, sh.state), pt.abstract_with_shardings(frozen, sh.frozen),
+          pt.abstract_with_shardings(batch, batch_sh),
+          jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=sh.replicated))
+  start = time.perf_counter()
+  compiled = step.lower(*args).compile()
+  seconds = time.perf_counter() - start
+  mem = compiled.memory_analysis()
+  out = {
+      'mesh': {'data': int(mesh.shape['data']), 'model': int(mesh.shape['model'])},
+      'devices': int(mesh.size), 'platform': mesh.devices.flat[0].platform,
+      'trainable_rules': list(trainable_rules),
+      'frozen_params': pt.sharded_bytes(frozen, sh.frozen),
+      'trainable_params': pt.sharded_bytes(state.trainable, sh.state.trainable),
+      'optimizer_state': pt.sharded_bytes(state.opt_state, sh.state.opt_state),
+      'batch': pt.sharded_bytes(batch, batch_sh),
+      'total_params': int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),
+      'trained_params': int(sum(np.prod(x.shape) for x in jax.tree.leaves(trainable))),
+      'arguments': _bytes(mem, 'argument_size_in_bytes'),
+      'outputs': _bytes(mem, 'output_size_in_bytes'),
+      'aliased': _bytes(mem, 'alias_size_in_bytes'),
+      'temporaries': _bytes(mem, 'temp_size_in_bytes'),
+      'generated_code': _bytes(mem, 'generated_code_size_in_bytes'),
+      'compile_seconds': round(seconds, 1),
+      'device_memory_gib': device_memory_gib,
+  }
+  out['peak'] = (out['arguments'] + out['outputs'] - out['aliased'] + out['temporaries']
+                 + out['generated_code'])
+  out['fits'] = out['peak'] <= device_memory_gib * GIB
+  return out
+
+
+def format_plan(title: str, p: Mapping[str, Any]) -> str:
+  """The human-readable plan."""
+  g = lambda n: f'{p[n] / GIB:9.3f} GiB {p[n] / 2**20:12.1f} MiB'
+  lines = [
+      f'== {title}',
+      f"mesh               data={p['mesh']['data']} x model={p['mesh']['model']} "
+      f"({p['devices']} {p['platform']} devices)",
+      f"trainable rules    {p['trainable_rules']}  ({p['trained_params']:,} of "
+      f"{p['total_params']:,} parameters)",
+      'per device:',
+      f"  frozen params    {g('frozen_params')}",
+      f"  trainable params {g('trainable_params')}",
+      f"  optimizer state  {g('optimizer_state')}",
+      f"  batch            {g('batch')}",
+      'compiled step (memory_analysis, per device):',
+      f"  arguments        {g('arguments')}",
+      f"  outputs          {g('outputs')}",
+      f"  aliased (donated){g('aliased')}",
+      f"  temporaries      {g('temporaries')}",
+      f"  generated code   {g('generated_code')}",
+      f"  peak             {g('peak')}",
+      f"fits {p['device_memory_gib']:g} GiB/device: {'yes' if p['fits'] else 'NO'}"
+      f"   (compiled in {p['compile_seconds']} s)",
+  ]
+  return '\n'.join(lines)
+
+
+@gin.configurable(module='jaxpt')
+def plan(*, model_config: T5Config = gin.REQUIRED, method: Any = gin.REQUIRED,
+         optimizer: Any = gin.REQUIRED, trainable_rules: Sequence[str] = PROMPT_ONLY,
+         batch_size: int = 32, task_feature_lengths: Mapping[str, int] = None,
+         partitioning: Optional[pt.PartitionConfig] = None, label_smoothing: float = 0.0,
+         z_loss: float = 1e-4, device_memory_gib: float = 16.0, full_tuning: bool = True,
+         scan_layers: Optional[bool] = True) -> List[Dict[str, Any]]:
+  """Plans the configured run and (with `full_tuning`) the same run training everything."""
+  lengths = dict(task_feature_lengths or {'inputs': 512, 'targets': 8})
+  partitioning = partitioning or pt.PartitionConfig()
+  config = model_config if scan_layers is None else model_config.replace(scan_layers=scan_layers)
+  print(f'planning {config.num_encoder_layers}+{config.num_decoder_layers} layers, '
+        f'd_model {config.emb_dim}, dtype {config.dtype}, remat {config.remat_policy}, '
+        f'scan_layers {config.scan_layers}; batch {batch_size} x inputs {lengths["inputs"]} '
+        f'(prompt {getattr(method, "prompt_length", 0)}) / targets {lengths["targets"]}',
+        flush=True)
+  runs = [('configured run', tuple(trainable_rules))]
+  if full_tuning and tuple(trainable_rules) != EVERYTHING:
+    runs.append(('full model tuning (trainable rule "everything")', EVERYTHING))
+  plans = []
+  for title, rules in runs:
+    p = plan_step(config, method, optimizer, rules, batch_size, lengths['inputs'],
+                  lengths['targets'], partitioning, label_smoothing=label_smoothing,
+                  z_loss=z_loss, device_memory_gib=device_memory_gib)
+    p['title'] = title
+    print(format_plan(title, p), flush=True)
+    plans.append(p)
+  if len(plans) == 2:
+    saved = plans[1]['peak'] - plans[0]['peak']
+    print(f'prompt-only training saves {saved / GIB:.3f} GiB per device '
+          f'({plans[0]["peak"] / GIB:.3f} vs {plans[1]["peak"] / GIB:.3f} GiB peak)', flush=True)
+  return plans
+
+
+def run(args: argparse.Namespace, bindings: List[str], argv: List[str]) -> int:
+  """`jaxpt plan`, from parsed flags; re-runs itself on simulated devices if asked."""
+  from jaxpt.cli import gin_flags
+
+  if args.num_devices:
+    env = _simulated_env(args.num_devices)
+    if env is not None:
+      cmd = [sys.executable, '-m', 'jaxpt'] + list(argv)
+      return subprocess.call(cmd, env=env)
+    if jax.device_count() != args.num_devices:
+      raise RuntimeError(f'asked for {args.num_devices} devices, this process has '
+                         f'{jax.device_count()} ({jax.default_backend()})')
+  if not args.gin_file:
+    raise ValueError('jaxpt plan needs --gin_file flags like jaxpt train, e.g. '
+                     '--gin_file=models/t5_1_1/tiny.gin --gin_file=methods/prompt_tuning.gin '
+                     '--gin_file=runs/train.gin')
+  search = [p for p in args.gin_search_paths.split(',') if p]
+  gin_flags.parse(args.gin_file, bindings, search)
+  _inherit_bindings()
+  plans = plan(device_memory_gib=args.device_memory_gib, full_tuning=not args.no_full_tuning,
+               scan_layers=None if args.no_scan_layers else True)
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump(plans, f, indent=1)
+  return 0
