@@ -107,20 +107,24 @@ def _export_and_compare(tmp_path, path, model, method, params, name):
   return out
 
 
-def test_trained_prompt_exports_to_peft(square, tmp_path):
-  path, model = square
-  method = PromptTuning(length=P, initializer='uniform')
+def _trained(model, method, learning_rate):
+  """(initial, after 3 AdamW steps) method params."""
   tree = {'backbone': model.params,
           'method': method.init(jax.random.key(0), Backbone(model.config, None))}
   trainable, frozen = partition(tree, PROMPT_ONLY)
-  optimizer = make_optimizer('adamw', 0.1)
+  optimizer = make_optimizer('adamw', learning_rate)
   step = jax.jit(make_train_step(model.config, method, optimizer))
   state = init_state(trainable, optimizer)
-  before = np.asarray(state.trainable['method']['prompt'])
   for _ in range(3):
     state, _ = step(state, frozen, _batch(), jax.random.key(1))
-  params = state.trainable['method']
-  assert not np.allclose(before, params['prompt'])
+  return tree['method'], state.trainable['method']
+
+
+def test_trained_prompt_exports_to_peft(square, tmp_path):
+  path, model = square
+  method = PromptTuning(length=P, initializer='uniform')
+  before, params = _trained(model, method, 0.1)
+  assert not np.allclose(before['prompt'], params['prompt'])
   out = _export_and_compare(tmp_path, path, model, method, params, 'trained prompt')
 
   with open(os.path.join(out, 'adapter_config.json')) as f:
@@ -242,17 +246,8 @@ def test_prompt_encoders_match_peft(encoder):
 def test_trained_p_tuning_exports_to_peft(square, tmp_path):
   path, model = square
   method = PTuning(length=P, encoder='lstm', hidden_dim=12)
-  tree = {'backbone': model.params,
-          'method': method.init(jax.random.key(0), Backbone(model.config, None))}
-  trainable, frozen = partition(tree, PROMPT_ONLY)
-  optimizer = make_optimizer('adamw', 0.05)
-  step = jax.jit(make_train_step(model.config, method, optimizer))
-  state = init_state(trainable, optimizer)
-  before = np.asarray(method.prompt(state.trainable['method']))
-  for _ in range(3):
-    state, _ = step(state, frozen, _batch(), jax.random.key(1))
-  params = state.trainable['method']
-  assert not np.allclose(before, method.prompt(params))
+  before, params = _trained(model, method, 0.05)
+  assert not np.allclose(method.prompt(before), method.prompt(params))
   out = _export_and_compare(tmp_path, path, model, method, params, 'trained p-tuning')
   with open(os.path.join(out, 'adapter_config.json')) as f:
     cfg = json.load(f)

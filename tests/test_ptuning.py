@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 
 import jaxpt
-from jaxpt.data.synthetic import two_class_batch
-from jaxpt.methods import (PROMPT_ONLY, Backbone, ModelTuning, PrefixTuning, PTuning, Template,
-                           combine, deep_prompt_tuning, partition)
+from jaxpt.methods import (Backbone, ModelTuning, PrefixTuning, PTuning, Template,
+                           deep_prompt_tuning)
 from jaxpt.methods.ptuning import bidirectional_lstm, encode_prompt
 from jaxpt.models.config import preset
 from jaxpt.models.t5 import T5, PlacedPrompt, init_params
-from jaxpt.train.optim import make_optimizer
-from jaxpt.train.step import forward, init_state, make_train_step
+from jaxpt.train.step import forward
+from tests.synthetic_learning import learn
 
 CONFIG = preset('t5_1_1', 'tiny', vocab_size=64)
 D = CONFIG.emb_dim
@@ -239,9 +238,9 @@ def test_deep_prompts_are_the_prefix_configuration(backbone):
 
 # ------------------------------------------------------------------------------ learning
 
-LEARN_CONFIG = preset('t5_1_1', 'tiny', vocab_size=64, emb_dim=64, num_heads=4, head_dim=16,
-                      mlp_dim=128)
-MID = PTuning(length=8, encoder='lstm', hidden_dim=64, template='[P4] {x} [P4]')
+# One LSTM layer: two (peft's default) learn too, but need ~3x the steps (1.5 at 300 steps).
+MID = PTuning(length=8, encoder='lstm', hidden_dim=64, lstm_layers=1,
+              template='[P4] {x} [P4]')
 
 
 def _templated(batch):
@@ -251,29 +250,14 @@ def _templated(batch):
 
 
 @pytest.mark.parametrize('method,learning_rate,steps', [
-    (PTuning(length=8, encoder='mlp', hidden_dim=64), 3e-3, 120),
-    (MID, 3e-3, 120),
-    (deep_prompt_tuning(8), 1e-2, 120),
+    (PTuning(length=8, encoder='mlp', hidden_dim=64), 1e-2, 200),
+    (MID, 1e-2, 250),
+    (deep_prompt_tuning(8), 1e-2, 150),
 ], ids=['p_tuning_mlp', 'p_tuning_lstm_template', 'deep_prompts'])
 def test_learns_the_synthetic_task(method, learning_rate, steps):
-  backbone = init_params(LEARN_CONFIG, jax.random.key(0))
-  params = {'backbone': backbone, 'method': method.init(
-      jax.random.key(1), Backbone(LEARN_CONFIG, backbone['token_embedder']['embedding']))}
-  trainable, frozen = partition(params, PROMPT_ONLY)
-  optimizer = make_optimizer('adamw', learning_rate, weight_decay=0.0)
-  state = init_state(trainable, optimizer)
-  step = jax.jit(make_train_step(LEARN_CONFIG, method, optimizer), donate_argnums=0)
   prepare = _templated if getattr(method, 'places_prompt', False) else (lambda b: b)
-  losses = []
-  for i in range(steps):
-    state, metrics = step(state, frozen, prepare(two_class_batch(32, i)[0]), jax.random.key(2))
-    losses.append(float(metrics['loss']))
-  test, label = two_class_batch(256, 10_000)
-  logits = forward(LEARN_CONFIG, method, combine(state.trainable, frozen), prepare(test))
-  accuracy = float(np.mean((logits[:, 0, 10] > logits[:, 0, 11]) == (label == 1)))
-  start, end = np.mean(losses[:5]), np.mean(losses[-10:])
+  start, end, accuracy = learn(method, learning_rate, steps, prepare)
   message = f'{method.name}: loss {start:.2f} -> {end:.2f}, held-out accuracy {accuracy:.3f}'
   print(message)
-  # Seen when written (2-core EPYC, 120 steps): see the README's measured table.
   assert end < 0.3 * start, message
   assert accuracy >= 0.9, message
