@@ -119,6 +119,7 @@ P_TUNING = TINY + ['--gin_file=methods/p_tuning.gin', '--gin_file=runs/train.gin
                    '--gin_file=local_tiny.gin', "--gin.MIXTURE_OR_TASK_NAME='synthetic_two_class'"]
 
 
+@pytest.mark.slow
 def test_train_p_tuning_then_export_to_peft(tmp_path, capsys):
   model_dir = tmp_path / 'run'
   code, out, err = _run(capsys, 'train', *P_TUNING, f"--gin.MODEL_DIR='{model_dir}'",

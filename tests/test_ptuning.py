@@ -250,7 +250,7 @@ def _templated(batch):
 
 
 @pytest.mark.parametrize('method,learning_rate,steps', [
-    (PTuning(length=8, encoder='mlp', hidden_dim=64), 1e-2, 200),
+    (PTuning(length=8, encoder='mlp', hidden_dim=64), 1e-2, 250),
     (MID, 1e-2, 250),
     (deep_prompt_tuning(8), 1e-2, 150),
 ], ids=['p_tuning_mlp', 'p_tuning_lstm_template', 'deep_prompts'])
@@ -259,5 +259,8 @@ def test_learns_the_synthetic_task(method, learning_rate, steps):
   start, end, accuracy = learn(method, learning_rate, steps, prepare)
   message = f'{method.name}: loss {start:.2f} -> {end:.2f}, held-out accuracy {accuracy:.3f}'
   print(message)
+  # Seen when written (2-core EPYC; first 5 vs last 20 steps): P-tuning MLP 3.14 -> 0.85 at
+  # 200 steps (acc 0.941), LSTM + template 3.21 -> 0.75 (acc 1.000), deep prompts 3.83 -> 0.26
+  # (acc 1.000).
   assert end < 0.3 * start, message
   assert accuracy >= 0.9, message
