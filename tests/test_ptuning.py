@@ -153,6 +153,14 @@ def test_placed_prompt_equals_embeddings_by_hand(backbone):
     assert np.abs(np.asarray(encoded[b, :n]) - by_hand[b]).max() <= 1e-5
   np.testing.assert_array_equal(np.asarray(valid), enc != 0)
   assert t5_module.prompt_marker(0) == -1
+  # Per-example vectors [batch, P, d]: row b's markers read batch b's prompt.
+  per_example = jnp.stack([vectors, vectors[::-1]])
+  both, _ = module.apply({'params': backbone}, jnp.asarray(enc), PlacedPrompt(per_example),
+                         method=module.encode)
+  np.testing.assert_allclose(both[0], encoded[0], atol=1e-6)
+  flipped, _ = module.apply({'params': backbone}, jnp.asarray(enc),
+                            PlacedPrompt(vectors[::-1]), method=module.encode)
+  np.testing.assert_allclose(both[1], flipped[1], atol=1e-6)
 
 
 def test_prefix_template_equals_prepending(backbone):
