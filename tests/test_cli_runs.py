@@ -113,3 +113,32 @@ def test_sequence_length_too_short_for_the_prompt(data_dir, tmp_path, capsys):
                       "--gin.MIXTURE_OR_TASK_NAME='super_glue_rte_local'",
                       '--gin.PROMPT_LENGTH=100')
   assert code == 2 and 'prompt' in err and '64' in err
+
+
+P_TUNING = TINY + ['--gin_file=methods/p_tuning.gin', '--gin_file=runs/train.gin',
+                   '--gin_file=local_tiny.gin', "--gin.MIXTURE_OR_TASK_NAME='synthetic_two_class'"]
+
+
+@pytest.mark.slow
+def test_train_p_tuning_then_export_to_peft(tmp_path, capsys):
+  model_dir = tmp_path / 'run'
+  code, out, err = _run(capsys, 'train', *P_TUNING, f"--gin.MODEL_DIR='{model_dir}'",
+                        '--gin.jaxpt.train.eval_every=None')
+  assert code == 0, err
+  assert 'step 4/4' in out
+  manifest = json.loads((model_dir / 'prompt' / 'jaxpt_prompt.json').read_text())
+  assert manifest['method']['name'] == 'p_tuning'
+  assert manifest['method']['hyperparameters']['encoder'] == 'lstm'
+  assert 'PTuning' in (model_dir / 'operative_config.gin').read_text()
+  code, out, err = _run(capsys, 'export-peft', *TINY, '--gin_file=runs/export.gin',
+                        f"--gin.MODEL_DIR='{model_dir}'", f"--gin.OUTPUT_DIR='{tmp_path / 'peft'}'")
+  assert code == 0, err
+  assert json.loads((tmp_path / 'peft' / 'adapter_config.json').read_text())[
+      'peft_type'] == 'P_TUNING'
+
+
+def test_train_refuses_a_template_inside_the_input(tmp_path, capsys):
+  code, _, err = _run(capsys, 'train', *P_TUNING, f"--gin.MODEL_DIR='{tmp_path}'",
+                      '--gin.PROMPT_LENGTH=4',
+                      "--gin.jaxpt.methods.PTuning.template='[P2] {inputs} [P2]'")
+  assert code == 2 and 'places prompt tokens inside the input' in err

@@ -15,9 +15,11 @@ transformers = pytest.importorskip('transformers')
 peft = pytest.importorskip('peft')
 
 import jaxpt  # noqa: E402
-from jaxpt.interop.peft import attach, export_peft, import_peft, load_peft  # noqa: E402
+from jaxpt.interop.peft import (attach, export_peft, import_peft, load_peft,  # noqa: E402
+                                prompt_encoder_from_peft, prompt_encoder_to_peft)
 from jaxpt.methods import (PROMPT_ONLY, Backbone, ModelTuning, PrefixTuning,  # noqa: E402
-                           PromptTuning, partition)
+                           PromptTuning, PTuning, partition)
+from jaxpt.methods.ptuning import encode_prompt  # noqa: E402
 from jaxpt.train.loss import loss_and_metrics  # noqa: E402
 from jaxpt.train.optim import make_optimizer  # noqa: E402
 from jaxpt.train.step import forward, init_state, make_train_step  # noqa: E402
@@ -105,20 +107,24 @@ def _export_and_compare(tmp_path, path, model, method, params, name):
   return out
 
 
-def test_trained_prompt_exports_to_peft(square, tmp_path):
-  path, model = square
-  method = PromptTuning(length=P, initializer='uniform')
+def _trained(model, method, learning_rate):
+  """(initial, after 3 AdamW steps) method params."""
   tree = {'backbone': model.params,
           'method': method.init(jax.random.key(0), Backbone(model.config, None))}
   trainable, frozen = partition(tree, PROMPT_ONLY)
-  optimizer = make_optimizer('adamw', 0.1)
+  optimizer = make_optimizer('adamw', learning_rate)
   step = jax.jit(make_train_step(model.config, method, optimizer))
   state = init_state(trainable, optimizer)
-  before = np.asarray(state.trainable['method']['prompt'])
   for _ in range(3):
     state, _ = step(state, frozen, _batch(), jax.random.key(1))
-  params = state.trainable['method']
-  assert not np.allclose(before, params['prompt'])
+  return tree['method'], state.trainable['method']
+
+
+def test_trained_prompt_exports_to_peft(square, tmp_path):
+  path, model = square
+  method = PromptTuning(length=P, initializer='uniform')
+  before, params = _trained(model, method, 0.1)
+  assert not np.allclose(before['prompt'], params['prompt'])
   out = _export_and_compare(tmp_path, path, model, method, params, 'trained prompt')
 
   with open(os.path.join(out, 'adapter_config.json')) as f:
@@ -168,13 +174,16 @@ def _peft_configs(token_dim):
   return {
       'prompt': PromptTuningConfig(**seq2seq),
       'p_tuning': PromptEncoderConfig(encoder_hidden_size=12, **seq2seq),
+      'p_tuning_lstm': PromptEncoderConfig(encoder_hidden_size=12,
+                                           encoder_reparameterization_type='LSTM', **seq2seq),
       'prefix': PrefixTuningConfig(token_dim=token_dim, **seq2seq),
       'prefix_projection': PrefixTuningConfig(token_dim=token_dim, prefix_projection=True,
                                               encoder_hidden_size=12, **seq2seq),
   }
 
 
-@pytest.mark.parametrize('kind,d_kv', [('prompt', 4), ('p_tuning', 4), ('prefix', 4),
+@pytest.mark.parametrize('kind,d_kv', [('prompt', 4), ('p_tuning', 4), ('p_tuning_lstm', 4),
+                                       ('prefix', 4),
                                        ('prefix_projection', 4), ('prefix', 5),
                                        ('prefix_projection', 5)])
 def test_peft_adapter_imports(backbones, tmp_path, kind, d_kv):
@@ -196,7 +205,71 @@ def test_peft_adapter_imports(backbones, tmp_path, kind, d_kv):
       batch['encoder_input_tokens'], batch['decoder_input_tokens']),
              _peft_logits(peft_model, batch), f'import {kind} head_dim {model.config.head_dim}')
   assert err <= TOL
-  assert isinstance(method, PrefixTuning if kind.startswith('prefix') else PromptTuning)
+  assert isinstance(method, PTuning if kind.startswith('p_tuning') else
+                    PrefixTuning if kind.startswith('prefix') else PromptTuning)
+  if kind.startswith('p_tuning'):  # a merged P-tuning prompt, attached by load_model too
+    assert set(params) == {'prompt'} and method.encoder == ('lstm' if 'lstm' in kind else 'mlp')
+    err = _err(jaxpt.load_model(path, prompt=str(tmp_path / 'adapter')).logits(
+        batch['encoder_input_tokens'], batch['decoder_input_tokens']),
+               _peft_logits(peft_model, batch), f'load_model(prompt=peft {kind})')
+    assert err <= TOL
+
+
+@pytest.mark.parametrize('encoder', ['MLP', 'LSTM'])
+def test_prompt_encoders_match_peft(encoder):
+  """Same weights, both directions: jaxpt's MLP / LSTM encoders give peft's outputs."""
+  from peft import PromptEncoderConfig
+  from peft.tuners.p_tuning import PromptEncoder
+  cfg = PromptEncoderConfig(task_type='SEQ_2_SEQ_LM', num_virtual_tokens=P, token_dim=16,
+                            num_transformer_submodules=2, encoder_hidden_size=12,
+                            encoder_reparameterization_type=encoder)
+  torch.manual_seed(4)
+  theirs = PromptEncoder(cfg).eval()
+  with torch.no_grad():
+    for p in theirs.parameters():
+      p.normal_(0, 0.5)
+    ref = theirs(torch.arange(2 * P)[None]).numpy()[0]
+  ours = np.asarray(encode_prompt(prompt_encoder_from_peft(theirs.state_dict())))
+  assert _err(ours, ref, f'{encoder} encoder, peft weights') <= 1e-5
+  # jaxpt's own init: the same tensors, shape for shape; loaded into peft, the same outputs.
+  method = PTuning(length=P, encoder=encoder.lower(), hidden_dim=12, num_transformer_submodules=2)
+  params = method.init(jax.random.key(0), Backbone(jaxpt.preset('t5_1_1', 'tiny', emb_dim=16),
+                                                   None))
+  state = {k: torch.tensor(v) for k, v in prompt_encoder_to_peft(params).items()}
+  other = PromptEncoder(cfg).eval()
+  other.load_state_dict(state, strict=True)
+  with torch.no_grad():
+    ref = other(torch.arange(2 * P)[None]).numpy()[0]
+  assert _err(encode_prompt(params), ref, f'{encoder} encoder, jaxpt weights') <= 1e-5
+
+
+def test_trained_p_tuning_exports_to_peft(square, tmp_path):
+  path, model = square
+  method = PTuning(length=P, encoder='lstm', hidden_dim=12)
+  before, params = _trained(model, method, 0.05)
+  assert not np.allclose(method.prompt(before), method.prompt(params))
+  out = _export_and_compare(tmp_path, path, model, method, params, 'trained p-tuning')
+  with open(os.path.join(out, 'adapter_config.json')) as f:
+    cfg = json.load(f)
+  assert cfg['peft_type'] == 'P_TUNING' and cfg['encoder_reparameterization_type'] == 'LSTM'
+  assert cfg['encoder_hidden_size'] == 12 and cfg['num_transformer_submodules'] == 1
+  method2, params2 = import_peft(out, model.config)  # the encoder's output comes back
+  assert isinstance(method2, PTuning) and method2.encoder == 'lstm'
+  np.testing.assert_allclose(params2['prompt'], method.prompt(params), rtol=1e-6)
+
+
+def test_p_tuning_template_export(square, tmp_path):
+  """Prompt tokens inside the input have no peft form; all in front (anchors after) do."""
+  _, model = square
+  mid = PTuning(length=P, encoder='mlp', template='[P2] {premise} ? [P2] {hypothesis}')
+  params = mid.init(jax.random.key(0), Backbone(model.config, None))
+  with pytest.raises(ValueError, match='inside the input.*only prepend'):
+    export_peft(model, mid, params, str(tmp_path / 'mid'))
+  assert not os.path.exists(tmp_path / 'mid')
+  front = PTuning(length=P, encoder='mlp', template=f'[P{P}] {{premise}} ? {{hypothesis}}')
+  out = export_peft(model, front, params, str(tmp_path / 'front'))
+  np.testing.assert_allclose(import_peft(out, model.config)[1]['prompt'], front.prompt(params),
+                             rtol=1e-6)
 
 
 def _jaxpt_loss_and_grad(model, method, params, batch):
@@ -243,6 +316,26 @@ def test_prompt_loss_and_gradient_match_peft(square):
   assert _rel(loss, ref_loss, 'prompt loss') <= TOL
   assert _rel(grads['prompt'], weight.grad.numpy()[:P], 'prompt grad') <= TOL
   assert np.all(weight.grad.numpy()[P:] == 0)  # peft's dead second half
+
+
+def test_p_tuning_loss_and_gradient_match_peft(square):
+  """Training through the LSTM encoder: the same loss and encoder gradients as peft."""
+  path, model = square
+  from peft import PromptEncoderConfig
+  peft_model = peft.get_peft_model(_load_hf(path), PromptEncoderConfig(
+      task_type='SEQ_2_SEQ_LM', num_virtual_tokens=P, encoder_hidden_size=12,
+      encoder_reparameterization_type='LSTM'))
+  encoder = peft_model.prompt_encoder['default']
+  batch = _batch(3)
+  ref_loss = _peft_loss(peft_model, batch)
+  method = PTuning(length=P, encoder='lstm', hidden_dim=12, num_transformer_submodules=2)
+  loss, grads = _jaxpt_loss_and_grad(model, method, prompt_encoder_from_peft(
+      encoder.state_dict()), batch)
+  assert _rel(loss, ref_loss, 'p-tuning loss') <= TOL
+  ref_grads = prompt_encoder_from_peft({k: p.grad for k, p in encoder.named_parameters()})
+  for (key, ours), ref in zip(jax.tree_util.tree_leaves_with_path(grads),
+                              jax.tree.leaves(ref_grads)):
+    assert _rel(ours, ref, f'p-tuning grad {jax.tree_util.keystr(key)}') <= TOL
 
 
 def test_reparameterized_prefix_loss_and_gradient_match_peft(square):

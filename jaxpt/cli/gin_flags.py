@@ -2,7 +2,7 @@
 
 Configurables (reference them in gin files as `@jaxpt.preset()`, ...):
   jaxpt.preset                     a T5Config for a public size
-  jaxpt.methods.PromptTuning / PrefixTuning / ModelTuning
+  jaxpt.methods.PromptTuning / PrefixTuning / PTuning / ModelTuning
   jaxpt.train.make_optimizer       optax recipes
   jaxpt.train / evaluate / infer / export   the runs (jaxpt.cli.runs)
 """
@@ -16,7 +16,7 @@ from typing import List, Sequence
 
 import gin
 
-from jaxpt.methods import ModelTuning, PrefixTuning, PromptTuning
+from jaxpt.methods import ModelTuning, PrefixTuning, PromptTuning, PTuning
 from jaxpt.models.config import preset
 from jaxpt.train.optim import make_optimizer
 
@@ -31,7 +31,7 @@ def register() -> None:
   if _registered:
     return
   gin.external_configurable(preset, module='jaxpt')
-  for cls in (PromptTuning, PrefixTuning, ModelTuning):
+  for cls in (PromptTuning, PrefixTuning, PTuning, ModelTuning):
     gin.external_configurable(cls, module='jaxpt.methods')
   gin.external_configurable(make_optimizer, module='jaxpt.train')
   import jaxpt.cli.runs  # noqa: F401  (registers the runs)

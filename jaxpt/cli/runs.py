@@ -65,6 +65,16 @@ def _backbone(initial_checkpoint_path: Optional[str], model_config: Optional[T5C
                      source=f'random init (seed {seed})')
 
 
+def _check_placement(method: Any) -> None:
+  """SeqIO tasks give formatted inputs: a template has no fields to place prompts between."""
+  if getattr(method, 'places_prompt', False):
+    raise ValueError(
+        f'{method.name} template {method.template!r} places prompt tokens inside the input, '
+        f"but the jaxpt command feeds the tasks' formatted inputs, which have no template "
+        f"fields. Use template='' (the prompt goes in front) here, or build templated "
+        f'inputs in Python with jaxpt.methods.Template')
+
+
 def _task_setup(task_name: str, feature_lengths: Mapping[str, int], prompt_length: int):
   import tasks
   task = tasks.get_task(task_name)
@@ -187,6 +197,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   from jaxpt.data.seqio_batches import TrainBatches, eval_examples as read_eval
   from jaxpt.train.loop import train as train_loop
 
+  _check_placement(method)
   model_dir = _writable_dir(model_dir)
   task, lengths = _task_setup(mixture_or_task_name, task_feature_lengths, method.prompt_length)
   with open(os.path.join(model_dir, CONFIG_FILE), 'w') as f:
@@ -232,6 +243,7 @@ def _load_tuned(model_dir: str, initial_checkpoint_path: Optional[str],
     raise FileNotFoundError(f'no prompt checkpoint at {path}: run `jaxpt train` with this '
                             f'MODEL_DIR first, or set PROMPT_DIR')
   method, method_params, manifest = prompts.load_prompt(path, model)
+  _check_placement(method)
   return model, method, method_params, path
 
 

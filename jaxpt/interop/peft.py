@@ -6,8 +6,12 @@ beside `adapter_config.json`. For T5 (task_type SEQ_2_SEQ_LM):
 
 * PROMPT_TUNING / P_TUNING: `[P * num_transformer_submodules, d_model]` rows;
   only rows `[:P]` are prepended to the encoder input (the rest are dead).
-  P_TUNING files hold the prompt encoder's output, so both import as a plain
-  `PromptTuning` prompt.
+  PROMPT_TUNING imports as a `PromptTuning` prompt. P_TUNING files hold the
+  prompt encoder's output (the MLP / LSTM weights are never saved), so they
+  import as a merged `PTuning` ({'prompt': rows[:P]}), and a `PTuning` exports
+  its merged prompt. peft only prepends, so a template that puts prompt tokens
+  anywhere but in front has no peft form. A live peft `PromptEncoder`'s weights
+  convert with `prompt_encoder_from_peft` / `prompt_encoder_to_peft`.
 * PREFIX_TUNING: `[P, 2 * L * token_dim]` with L the encoder depth and
   `token_dim = num_heads * d_kv`, laid out [layers, (key, value), heads,
   head_dim]. peft injects it only into decoder self-attention, decoder layer i
@@ -27,13 +31,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import jax.numpy as jnp
 import numpy as np
 
 from jaxpt.methods.prefix import PrefixTuning
 from jaxpt.methods.prompt import PromptTuning
+from jaxpt.methods.ptuning import PTuning
 from jaxpt.models.config import T5Config
 
 CONFIG_FILE = 'adapter_config.json'
@@ -42,7 +47,8 @@ BIN_FILE = 'adapter_model.bin'
 PROVENANCE_FILE = 'jaxpt_prompt.json'
 TENSOR_KEY = 'prompt_embeddings'
 TASK_TYPE = 'SEQ_2_SEQ_LM'
-PROMPT_TYPES = ('PROMPT_TUNING', 'P_TUNING')
+P_TUNING_TYPE = 'P_TUNING'
+PROMPT_TYPES = ('PROMPT_TUNING', P_TUNING_TYPE)
 PREFIX_TYPE = 'PREFIX_TUNING'
 # The peft release whose format this module was verified against.
 VERIFIED_PEFT_VERSION = '0.21.2'
@@ -109,6 +115,80 @@ def _export_prompt(config: T5Config, method: PromptTuning,
       'tokenizer_name_or_path': None,
   }
   return prompt, peft_config
+
+
+def _export_p_tuning(config: T5Config, method: PTuning,
+                     params: Dict[str, Any]) -> Tuple[np.ndarray, Dict[str, Any]]:
+  template = method.parsed_template
+  if template is not None and not template.prefix_only:
+    raise ValueError(
+        f'template {method.template!r} places prompt tokens inside the input, and peft '
+        f'P_TUNING can only prepend its virtual tokens to the encoder input, so peft would '
+        f'run a different model. Only templates whose prompt tokens all come first (e.g. '
+        f"'[P{method.length}] {{premise}} ? {{hypothesis}}') export to peft; keep this "
+        f'prompt as a jaxpt checkpoint')
+  prompt = np.asarray(method.merge(params)['prompt'], np.float32)
+  if prompt.shape != (method.length, config.emb_dim):
+    raise ValueError(f'prompt has shape {prompt.shape}; expected [length, d_model] = '
+                     f'{(method.length, config.emb_dim)} for this backbone')
+  peft_config = {
+      'encoder_dropout': 0.0,
+      'encoder_hidden_size': method.hidden_dim or config.emb_dim,
+      'encoder_num_layers': method.lstm_layers,
+      'encoder_reparameterization_type': method.encoder.upper(),
+      'num_transformer_submodules': 1,
+      'peft_type': P_TUNING_TYPE,
+      'token_dim': config.emb_dim,
+  }
+  return prompt, peft_config
+
+
+def _torch_array(x: Any) -> np.ndarray:
+  return np.asarray(x.detach().cpu().numpy() if hasattr(x, 'detach') else x, np.float32)
+
+
+def prompt_encoder_from_peft(state_dict: Mapping[str, Any]) -> Dict[str, Any]:
+  """peft `PromptEncoder.state_dict()` -> `PTuning` params (same layers, same outputs).
+
+  Keys: `embedding.weight`, `mlp_head.{0,2,4}.{weight,bias}` (MLP) or
+  `lstm_head.{weight,bias}_{ih,hh}_l{i}[_reverse]` + `mlp_head.{0,2}.*` (LSTM).
+  Linear weights are transposed to [in, out]; LSTM tensors keep torch's layout.
+  """
+  sd = {k: _torch_array(v) for k, v in state_dict.items()}
+  if 'embedding.weight' not in sd:
+    raise ValueError(f'not a peft PromptEncoder state dict: no embedding.weight in '
+                     f'{sorted(sd)[:10]}')
+  linear = sorted({int(k.split('.')[1]) for k in sd if k.startswith('mlp_head.')})
+  params = {'embedding': sd['embedding.weight'],
+            'mlp': {f'layers_{i}': {'kernel': sd[f'mlp_head.{j}.weight'].T,
+                                    'bias': sd[f'mlp_head.{j}.bias']}
+                    for i, j in enumerate(linear)}}
+  layers = sorted({int(k.rsplit('_l', 1)[1].split('_')[0]) for k in sd
+                   if k.startswith('lstm_head.')})
+  if layers:
+    params['lstm'] = {
+        f'layers_{i}': {direction: {name: sd[f'lstm_head.{name}_l{i}{suffix}']
+                                    for name in ('weight_ih', 'weight_hh', 'bias_ih', 'bias_hh')}
+                        for direction, suffix in (('forward', ''), ('backward', '_reverse'))}
+        for i in layers}
+  return params
+
+
+def prompt_encoder_to_peft(params: Mapping[str, Any]) -> Dict[str, np.ndarray]:
+  """`PTuning` params -> a state dict for peft's `PromptEncoder.load_state_dict`."""
+  if 'embedding' not in params:
+    raise ValueError(f'expected unmerged PTuning params (embedding, mlp[, lstm]), found '
+                     f'{sorted(params)}')
+  sd = {'embedding.weight': np.asarray(params['embedding'], np.float32)}
+  for i in range(len(params['mlp'])):  # torch's Sequential puts ReLUs at the odd indices
+    layer = params['mlp'][f'layers_{i}']
+    sd[f'mlp_head.{2 * i}.weight'] = np.asarray(layer['kernel'], np.float32).T.copy()
+    sd[f'mlp_head.{2 * i}.bias'] = np.asarray(layer['bias'], np.float32)
+  for i in range(len(params.get('lstm', {}))):
+    for direction, suffix in (('forward', ''), ('backward', '_reverse')):
+      for name, value in params['lstm'][f'layers_{i}'][direction].items():
+        sd[f'lstm_head.{name}_l{i}{suffix}'] = np.asarray(value, np.float32)
+  return sd
 
 
 def _used_slots(config: T5Config) -> list:
@@ -180,14 +260,16 @@ def export_peft(model: Any, method: Any, method_params: Dict[str, Any], director
   """Writes a prompt or prefix as a peft adapter directory.
 
   `PromptTuning` becomes PROMPT_TUNING (`[P, d_model]` rows with
-  num_transformer_submodules 1); `PrefixTuning(style='peft')` becomes
+  num_transformer_submodules 1); `PTuning` becomes P_TUNING (its merged
+  `[P, d_model]` prompt, the encoder's output, as peft saves it);
+  `PrefixTuning(style='peft')` becomes
   PREFIX_TUNING (its merged `[P, 2L*H*Dh]` prefix, token_dim H*Dh, dead slots
   zeroed). jaxpt's own record (method, backbone config) goes to
   `jaxpt_prompt.json`, not into adapter_config.json, where peft would warn.
 
   Args:
     model: the backbone (`Model`, or its `T5Config`).
-    method: a `PromptTuning` or `PrefixTuning` instance.
+    method: a `PromptTuning`, `PTuning` or `PrefixTuning` instance.
     method_params: its params (reparameterized prefixes are merged here).
     directory: created if needed; existing adapter files are overwritten.
     base_model_name_or_path: recorded for `AutoPeftModelForSeq2SeqLM`;
@@ -198,19 +280,22 @@ def export_peft(model: Any, method: Any, method_params: Dict[str, Any], director
 
   Raises:
     ValueError: the prompt has no peft equivalent (paper-style prefix, several
-      prompts, more decoder than encoder layers, other methods) or the wrong shape.
+      prompts, a template placing prompt tokens inside the input, more decoder
+      than encoder layers, other methods) or the wrong shape.
   """
   from safetensors.numpy import save_file
 
   config = _config_of(model)
   if isinstance(method, PromptTuning):
     tensor, specific = _export_prompt(config, method, method_params)
+  elif isinstance(method, PTuning):
+    tensor, specific = _export_p_tuning(config, method, method_params)
   elif isinstance(method, PrefixTuning):
     tensor, specific = _export_prefix(config, method, method_params)
   else:
     raise ValueError(f'{type(method).__name__} cannot be written as a peft adapter: peft '
-                     f'prompt-learning adapters hold a PromptTuning prompt or a '
-                     f"PrefixTuning(style='peft') prefix")
+                     f'prompt-learning adapters hold a PromptTuning prompt, a PTuning '
+                     f"prompt or a PrefixTuning(style='peft') prefix")
   base = base_model_name_or_path or _default_base_path(model)
   peft_config = dict(_common_config(config, method.length, base), **specific)
   directory = os.fspath(directory)
@@ -223,7 +308,9 @@ def export_peft(model: Any, method: Any, method_params: Dict[str, Any], director
       'exported_by': 'jaxpt',
       'method': {'name': method.name, 'class': type(method).__name__, 'length': method.length,
                  **({'style': method.style, 'reparameterize': method.reparameterize,
-                     'hidden_dim': method.hidden_dim} if isinstance(method, PrefixTuning) else {})},
+                     'hidden_dim': method.hidden_dim} if isinstance(method, PrefixTuning) else {}),
+                 **({'encoder': method.encoder, 'template': method.template}
+                    if isinstance(method, PTuning) else {})},
       'backbone_config': config.to_dict(),
       'backbone_source': getattr(model, 'source', '') or None,
   }
@@ -270,8 +357,9 @@ def _check(path: str, what: str, expected: Any, found: Any) -> None:
 def import_peft(directory: str, config: T5Config) -> Tuple[Any, Dict[str, Any]]:
   """Reads a peft prompt-learning adapter as a jaxpt (method, method_params).
 
-  PROMPT_TUNING and P_TUNING become `PromptTuning(length=P, initializer='array')`
-  with {'prompt': rows[:P]}; PREFIX_TUNING becomes `PrefixTuning(length=P,
+  PROMPT_TUNING becomes `PromptTuning(length=P, initializer='array')` with
+  {'prompt': rows[:P]}; P_TUNING becomes a merged `PTuning` (its encoder type
+  and width from the config) with {'prompt': rows[:P]}; PREFIX_TUNING becomes `PrefixTuning(length=P,
   style='peft', reparameterize=False)` with {'decoder_self': {'prefix': ...}}
   (files written with prefix_projection hold the projected prefix; the MLP is
   not in them).
@@ -317,6 +405,15 @@ def import_peft(directory: str, config: T5Config) -> Tuple[Any, Dict[str, Any]]:
     _check(tensor_path, f'{TENSOR_KEY} rows (num_virtual_tokens * num_transformer_submodules)',
            length * submodules, rows.shape[0])
     prompt = rows[:length]
+    if peft_type == P_TUNING_TYPE:
+      encoder = str(peft_config.get('encoder_reparameterization_type') or 'MLP').lower()
+      try:
+        method = PTuning(length=length, encoder=encoder,
+                         hidden_dim=peft_config.get('encoder_hidden_size'),
+                         lstm_layers=peft_config.get('encoder_num_layers') or 2)
+      except ValueError as e:
+        raise ValueError(f'{config_path}: {e}') from e
+      return method, {'prompt': jnp.asarray(prompt)}
     method = PromptTuning(length=length, initializer='array', array=prompt)
     return method, {'prompt': jnp.asarray(prompt)}
 

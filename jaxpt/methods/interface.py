@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, NamedTuple, Optional, Protocol, Sequence
+from typing import Any, Callable, Dict, NamedTuple, Optional, Protocol, Sequence, Union
 
 import jax
 
 from jaxpt.models.config import T5Config
-from jaxpt.models.t5 import Prefixes
+from jaxpt.models.t5 import PlacedPrompt, Prefixes
 
 Array = jax.Array
 
@@ -15,11 +15,12 @@ Array = jax.Array
 class SoftInputs(NamedTuple):
   """What a method adds to the T5 forward pass.
 
-  prompt: [P, d] or [batch, P, d] embeddings prepended to the encoder input.
+  prompt: [P, d] or [batch, P, d] embeddings prepended to the encoder input, or a
+    `jaxpt.models.t5.PlacedPrompt` whose rows go where the input marks them.
   prefixes: per-attention stacked (keys, values), see `jaxpt.models.t5.Prefixes`.
   prefix_position: how prefix keys see relative positions ('none' or 'offset').
   """
-  prompt: Optional[Array] = None
+  prompt: Union[None, Array, PlacedPrompt] = None
   prefixes: Optional[Prefixes] = None
   prefix_position: str = 'none'
 

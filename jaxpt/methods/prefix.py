@@ -13,6 +13,9 @@ tanh -> Linear.
 
 Either way a stored prefix row is laid out [layers, 2 (key, value), heads,
 head_dim], peft's layout; `merge` replaces the MLP by its output.
+
+Deep prompt tuning (P-tuning v2, Liu et al. 2022) is `style='paper'` without the
+reparameterization: `deep_prompt_tuning(length)`.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ Array = jax.Array
 STYLES = ('paper', 'peft')
 
 
-def _linear_init(rng: Array, fan_in: int, fan_out: int) -> Dict[str, Array]:
+def linear_init(rng: Array, fan_in: int, fan_out: int) -> Dict[str, Array]:
   """torch.nn.Linear's default init (kernel [in, out]), so peft-style starts alike."""
   k1, k2 = jax.random.split(rng)
   bound = 1.0 / math.sqrt(fan_in)
@@ -105,8 +108,8 @@ class PrefixTuning:
       emb_dim = token_dim if self.style == 'peft' else config.emb_dim
       params[kind] = {
           'embedding': jax.random.normal(k_emb, (self.length, emb_dim), jnp.float32),
-          'hidden': _linear_init(k_hidden, emb_dim, self.hidden_dim),
-          'output': _linear_init(k_out, self.hidden_dim, width),
+          'hidden': linear_init(k_hidden, emb_dim, self.hidden_dim),
+          'output': linear_init(k_out, self.hidden_dim, width),
       }
     return params
 
@@ -155,3 +158,13 @@ class PrefixTuning:
       kv = kv[:, :, [(2 * i) % slots for i in range(config.num_decoder_layers)]]
     kv = jnp.transpose(kv, (2, 3, 0, 1, 4, 5))  # [L, 2, B, P, H, D]
     return kv[:, 0], kv[:, 1]
+
+
+def deep_prompt_tuning(length: int = 20, num_prompts: int = 1) -> PrefixTuning:
+  """P-tuning v2 (Liu et al. 2022): trainable prompts in every layer.
+
+  That is prefix tuning in every attention with no reparameterization, so this
+  returns exactly `PrefixTuning(length, style='paper', reparameterize=False)`.
+  """
+  return PrefixTuning(length=length, style='paper', reparameterize=False,
+                      num_prompts=num_prompts)

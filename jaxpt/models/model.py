@@ -61,15 +61,15 @@ def _compiled_decoders(config: T5Config, method: Any):
   return jax.jit(sample, static_argnums=(3, 6)), jax.jit(beam, static_argnums=(3, 4))
 
 
-def _check_tokens(name: str, tokens: Any, vocab_size: int) -> np.ndarray:
+def _check_tokens(name: str, tokens: Any, vocab_size: int, min_id: int = 0) -> np.ndarray:
   arr = np.asarray(tokens)
   if arr.ndim != 2:
     raise ValueError(f'{name} must be a 2-D [batch, length] array of token ids, '
                      f'got shape {arr.shape}')
   if not np.issubdtype(arr.dtype, np.integer):
     raise ValueError(f'{name} must hold integer token ids, got dtype {arr.dtype}')
-  if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
-    raise ValueError(f'{name} has ids outside [0, {vocab_size}): '
+  if arr.size and (arr.min() < min_id or arr.max() >= vocab_size):
+    raise ValueError(f'{name} has ids outside [{min_id}, {vocab_size}): '
                      f'min {arr.min()}, max {arr.max()}')
   return arr.astype(np.int32)
 
@@ -88,6 +88,10 @@ class Model:
   method: Any = None
   method_params: Any = None
 
+  def _min_input_id(self) -> int:
+    """Negative ids mark placed prompt rows (P-tuning templates), -1..-length."""
+    return -self.method.length if getattr(self.method, 'places_prompt', False) else 0
+
   @property
   def module(self) -> T5:
     position = 'none' if self.method is None else getattr(self.method, 'prefix_position', 'none')
@@ -104,7 +108,8 @@ class Model:
     Returns:
       float32 numpy array [batch, target_len, vocab].
     """
-    enc = _check_tokens('encoder_input_tokens', encoder_input_tokens, self.config.vocab_size)
+    enc = _check_tokens('encoder_input_tokens', encoder_input_tokens, self.config.vocab_size,
+                        self._min_input_id())
     dec = _check_tokens('decoder_input_tokens', decoder_input_tokens, self.config.vocab_size)
     if enc.shape[0] != dec.shape[0]:
       raise ValueError(f'batch sizes differ: encoder {enc.shape[0]}, decoder {dec.shape[0]}')
@@ -121,7 +126,8 @@ class Model:
     PRNG `seed`) or 'beam' (`num_beams`, `length_penalty`; the best beam,
     as transformers' `generate(num_beams=...)`). See `jaxpt.evaluate.decoding`.
     """
-    enc = _check_tokens('encoder_input_tokens', encoder_input_tokens, self.config.vocab_size)
+    enc = _check_tokens('encoder_input_tokens', encoder_input_tokens, self.config.vocab_size,
+                        self._min_input_id())
     if max_length <= 0:
       raise ValueError(f'max_length must be positive, got {max_length}')
     if strategy == 'greedy':

@@ -6,15 +6,17 @@ bias. Parameter names are T5X's (see docs/param_layout.md), so T5X checkpoints
 load without renaming.
 
 Soft-prompt methods enter through two arguments and never by editing the
-backbone: `prompt` (embeddings prepended to the encoder input, Lester et al.)
-and `prefixes` (keys/values prepended in attention layers, Li & Liang).
+backbone: `prompt` (embeddings prepended to the encoder input, Lester et al.,
+or a `PlacedPrompt` whose rows go where the input marks them, P-tuning's
+templates) and `prefixes` (keys/values prepended in attention layers, Li &
+Liang).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, NamedTuple, Optional, Tuple, Union
 
 import flax.linen as nn
 import jax
@@ -32,6 +34,32 @@ Array = jax.Array
 Prefixes = Mapping[str, Tuple[Array, Array]]
 
 PREFIX_POSITIONS = ('none', 'offset')
+
+
+class PlacedPrompt(NamedTuple):
+  """Soft vectors placed inside the encoder input instead of before it.
+
+  vectors: [P, d] or [batch, P, d]. The encoder input marks where row k goes
+  with the id `prompt_marker(k)` = -(k + 1); those positions are ordinary
+  sequence positions (attended, relative positions as for any token).
+  """
+  vectors: Array
+
+
+def prompt_marker(k: int) -> int:
+  """The encoder input id that stands for row k of a `PlacedPrompt`."""
+  return -(k + 1)
+
+
+def place_prompt(x: Array, tokens: Array, vectors: Array) -> Array:
+  """`x` [B, L, d] with each marked position replaced by its prompt row."""
+  marked = tokens < 0
+  index = jnp.clip(-tokens - 1, 0, vectors.shape[-2] - 1)  # [B, L]
+  if vectors.ndim == 2:
+    rows = vectors[index]
+  else:
+    rows = jnp.take_along_axis(vectors, index[..., None], axis=1)
+  return jnp.where(marked[..., None], rows.astype(x.dtype), x)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,14 +192,21 @@ class Encoder(nn.Module):
   prefix_position: str = 'none'
 
   @nn.compact
-  def __call__(self, tokens: Array, prompt: Optional[Array] = None,
+  def __call__(self, tokens: Array, prompt: Union[None, Array, PlacedPrompt] = None,
                prefix: Optional[Tuple[Array, Array]] = None,
                deterministic: bool = True) -> Tuple[Array, Array]:
-    """Returns (encoded [batch, prompt + length, emb], valid [batch, prompt + length])."""
+    """Returns (encoded [batch, prompt + length, emb], valid [batch, prompt + length]).
+
+    A `PlacedPrompt` takes no extra positions: its rows replace the marked ids.
+    """
     cfg = self.config
-    x = self.shared_embedding(tokens)
-    valid = tokens > 0
-    if prompt is not None:
+    if isinstance(prompt, PlacedPrompt):
+      x = place_prompt(self.shared_embedding(jnp.maximum(tokens, 0)), tokens, prompt.vectors)
+      valid = tokens != 0
+    else:
+      x = self.shared_embedding(tokens)
+      valid = tokens > 0
+    if prompt is not None and not isinstance(prompt, PlacedPrompt):
       prompt = jnp.broadcast_to(prompt, (tokens.shape[0],) + prompt.shape[-2:]).astype(x.dtype)
       x = jnp.concatenate([prompt, x], axis=1)
       valid = jnp.concatenate([jnp.ones(prompt.shape[:2], bool), valid], axis=1)
