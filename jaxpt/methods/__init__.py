@@ -8,9 +8,10 @@ task_ids) -> SoftInputs` (what the T5 forward takes: a prompt and/or prefixes) a
 
 from jaxpt.methods.interface import Backbone, Method, SoftInputs
 from jaxpt.methods.model_tuning import ModelTuning
+from jaxpt.methods.multitask import MultitaskPromptTuning
 from jaxpt.methods.prefix import PrefixTuning
 from jaxpt.methods.prompt import PromptTuning
 from jaxpt.methods.split import EVERYTHING, PROMPT_ONLY, combine, partition
 
-__all__ = ['Backbone', 'EVERYTHING', 'Method', 'ModelTuning', 'PROMPT_ONLY', 'PrefixTuning',
-           'PromptTuning', 'SoftInputs', 'combine', 'partition']
+__all__ = ['Backbone', 'EVERYTHING', 'Method', 'ModelTuning', 'MultitaskPromptTuning',
+           'PROMPT_ONLY', 'PrefixTuning', 'PromptTuning', 'SoftInputs', 'combine', 'partition']
