@@ -3,6 +3,7 @@
 * `source_prompt(path, task=None)`: the [L, d] prompt of a prompt checkpoint: a
   single-task prompt, or task `task` of a multi-prompt `PromptTuning` or of an
   MPT checkpoint (its composed `P* ⊙ u_k v_kᵀ`).
+* `shared_prompt(path)`: the shared P* of an MPT checkpoint (MPT target adaptation).
 * `transfer(path, ...)`: a `PromptTuning(initializer='array')` whose `init`
   is that source prompt; tune it on the target task as usual.
 * A prompt library is a folder of prompt checkpoints (searched recursively,
@@ -69,6 +70,15 @@ def source_prompt(path: str, task: Optional[int] = None, model: Any = None) -> n
   """
   method, params, _ = prompt_checkpoints.load_prompt(path, model)
   return pick_task(task_prompts(method, params), task, path)
+
+
+def shared_prompt(path: str, model: Any = None) -> np.ndarray:
+  """The shared prompt P* [L, d] of an MPT checkpoint (to start target adaptation from)."""
+  method, params, _ = prompt_checkpoints.load_prompt(path, model)
+  if not isinstance(method, MultitaskPromptTuning):
+    raise ValueError(f'{path}: a {method.name} checkpoint has no shared prompt; expected a '
+                     f'multitask_prompt_tuning checkpoint')
+  return np.asarray(params['shared'], np.float32)
 
 
 def transfer(path: str, task: Optional[int] = None, model: Any = None,
