@@ -51,9 +51,10 @@ from jaxpt.train.optim import make_optimizer  # noqa: E402
 
 TASKS = {'sst2': 'glue_sst2_local', 'rte': 'super_glue_rte_local', 'cb': 'super_glue_cb_local',
          'copa': 'super_glue_copa_local'}
-# Other branches' methods, looked up by these names in jaxpt.methods.
-P_TUNING_NAMES = ('PTuning', 'PromptEncoderTuning')
-DEEP_PROMPT_NAMES = ('DeepPromptTuning', 'DeepPrompts')
+# Methods from another part of jaxpt, looked up by these names in jaxpt.methods (each is
+# called with length=...): the P-tuning class and the deep-prompt factory.
+P_TUNING_NAMES = ('PTuning',)
+DEEP_PROMPT_NAMES = ('deep_prompt_tuning',)
 
 
 @dataclasses.dataclass
@@ -142,7 +143,9 @@ class Runner:
   def __init__(self, model: Any, args: argparse.Namespace, encode: Callable):
     self.model, self.args = model, args
     self.backbone = Backbone(model.config, model.params['token_embedder']['embedding'], encode)
+    # Each family's gin preset recipe (gin/methods/*.gin).
     self.optimizers = {'prompt': make_optimizer('adafactor', 0.3),
+                       'p_tuning': make_optimizer('adamw', 1e-3, weight_decay=0.0),
                        'prefix': make_optimizer('adamw', 5e-3, weight_decay=0.0)}
 
   def fit(self, method: Any, tasks: List[TaskData], seed: int, steps: int, kind: str = 'prompt',
@@ -184,8 +187,8 @@ def run(args: argparse.Namespace) -> List[str]:
   if p_tuning_cls is None:
     notes.append(f'P-tuning skipped: no {" / ".join(P_TUNING_NAMES)} in jaxpt.methods')
   if deep_cls is None:
-    notes.append('deep prompts: no DeepPromptTuning in jaxpt.methods; ran the prefix '
-                 'configuration it stands for (PrefixTuning(reparameterize=False))')
+    notes.append(f'deep prompts: no {" / ".join(DEEP_PROMPT_NAMES)} in jaxpt.methods; ran the '
+                 f'prefix configuration it stands for (PrefixTuning(reparameterize=False))')
   columns = ['prompt tuning', 'P-tuning', 'MPT', 'SPoT', 'deep prompts', 'prefix tuning']
   scores: Dict[str, Dict[str, List[float]]] = {c: {b: [] for b in data} for c in columns}
   sources: Dict[str, List[str]] = {b: [] for b in data}
@@ -202,7 +205,7 @@ def run(args: argparse.Namespace) -> List[str]:
       if p_tuning_cls is not None:
         try:
           method = p_tuning_cls(length=L)
-          params, _ = runner.fit(method, [task], seed, steps)
+          params, _ = runner.fit(method, [task], seed, steps, kind='p_tuning')
           scores['P-tuning'][b].append(accuracy(model, method, params, task, args.input_length))
         except TypeError as e:
           notes.append(f'P-tuning skipped: {p_tuning_cls.__name__}(length=...) failed: {e}')
