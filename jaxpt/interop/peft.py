@@ -183,8 +183,8 @@ def export_peft(model: Any, method: Any, method_params: Dict[str, Any], director
   `PromptTuning` becomes PROMPT_TUNING (`[P, d_model]` rows with
   num_transformer_submodules 1), and so does a one-task `MultitaskPromptTuning`
   (its composed prompt; `method.task_prompt(params, k)` gives task k of several).
-  `PrefixTuning(style='peft')` becomes PREFIX_TUNING (its merged `[P, 2L*H*Dh]` prefix, token_dim H*Dh, dead slots
-  zeroed). jaxpt's own record (method, backbone config) goes to
+  `PrefixTuning(style='peft')` becomes PREFIX_TUNING (its merged `[P, 2L*H*Dh]`
+  prefix, token_dim H*Dh, dead slots zeroed). jaxpt's own record (method, backbone config) goes to
   `jaxpt_prompt.json`, not into adapter_config.json, where peft would warn.
 
   Args:
