@@ -192,6 +192,14 @@ def test_teachers_stay_frozen_and_mismatched_arguments_fail(backbone):
     train(CONFIG, backbone, method, params, lambda k: {}, optimizer=make_optimizer('sgd'),
           num_steps=1, rng=jax.random.key(0), distillation=Distillation(teacher),
           teacher_params=teacher_params, trainable_rules=(r'method/.*', r'teacher/.*'))
+  with pytest.raises(ValueError, match='does not support partitioning'):
+    train(CONFIG, backbone, method, params, lambda k: {}, optimizer=make_optimizer('sgd'),
+          num_steps=1, rng=jax.random.key(0), distillation=Distillation(teacher),
+          teacher_params=teacher_params, partitioning=object())
+  with pytest.raises(ValueError, match='kl_weight must be non-negative'):
+    Distillation(teacher, kl_weight=-1.0)
+  with pytest.raises(ValueError, match='temperature must be positive'):
+    Distillation(teacher, temperature=0.0)
 
 
 # ------------------------------------------------------------------------------- learning
