@@ -196,6 +196,8 @@ def test_teachers_stay_frozen_and_mismatched_arguments_fail(backbone):
     train(CONFIG, backbone, method, params, lambda k: {}, optimizer=make_optimizer('sgd'),
           num_steps=1, rng=jax.random.key(0), distillation=Distillation(teacher),
           teacher_params=teacher_params, partitioning=object())
+  one, one_params = stack_teachers([before[0]])  # one source: a plain [L, d] teacher
+  assert one.num_prompts == 1 and one_params['prompt'].shape == (3, 8)
   with pytest.raises(ValueError, match='kl_weight must be non-negative'):
     Distillation(teacher, kl_weight=-1.0)
   with pytest.raises(ValueError, match='temperature must be positive'):

@@ -159,6 +159,8 @@ def stack_teachers(prompts: Sequence[Any]) -> Tuple[PromptTuning, Dict[str, Arra
     raise ValueError(f'teacher prompts must all be [length, d] of one shape, got '
                      f'{[a.shape for a in arrays]}')
   stacked = np.stack(arrays)
-  method = PromptTuning(length=stacked.shape[1], initializer='array', array=stacked,
-                        num_prompts=stacked.shape[0])
+  if len(arrays) == 1:  # one source task: a plain prompt, which reads no task ids
+    stacked = stacked[0]
+  method = PromptTuning(length=arrays[0].shape[0], initializer='array', array=stacked,
+                        num_prompts=len(arrays))
   return method, {'prompt': jnp.asarray(stacked)}
