@@ -34,6 +34,7 @@ from jaxpt.methods.interface import Method
 from jaxpt.methods.prompt import check_task_ids
 from jaxpt.methods.split import PROMPT_ONLY, combine, partition
 from jaxpt.models.config import T5Config
+from jaxpt.train.distill import TEACHER, make_distill_step
 from jaxpt.train.step import TrainState, init_state, make_train_step
 
 Batch = Mapping[str, Any]
@@ -92,7 +93,6 @@ def _make_step(config: T5Config, method: Method, optimizer: optax.GradientTransf
   if distillation is None:
     return make_train_step(config, method, optimizer, label_smoothing=label_smoothing,
                            z_loss=z_loss)
-  from jaxpt.train.distill import make_distill_step
   return make_distill_step(config, method, distillation, optimizer,
                            label_smoothing=label_smoothing, z_loss=z_loss)
 
@@ -252,7 +252,6 @@ def train(config: T5Config, backbone_params: Any, method: Method, method_params:
   num_task_prompts = _num_task_prompts(method)
   params = {'backbone': backbone_params, 'method': method_params or {}}
   if distillation is not None:
-    from jaxpt.train.distill import TEACHER
     params[TEACHER] = teacher_params
   trainable, frozen = partition(params, trainable_rules)
   if distillation is not None and TEACHER in trainable:
