@@ -14,12 +14,17 @@ from jaxpt.methods import Backbone, MultitaskPromptTuning, PromptTuning
 from jaxpt.methods.multitask import stack_teachers
 from jaxpt.models.config import preset
 from jaxpt.models.t5 import init_params
-from jaxpt.train.distill import Distillation, distillation_loss
+from jaxpt.train.distill import Distillation, distillation_loss as eager_distillation_loss
 from jaxpt.train.loop import train
 from jaxpt.train.optim import make_optimizer
-from jaxpt.train.step import forward
+from jaxpt.train.step import forward as eager_forward
 
 CONFIG = preset('t5_1_1', 'tiny', vocab_size=64)
+
+
+# Jitted: one compile per method and shape is much cheaper than op-by-op dispatch.
+forward = jax.jit(eager_forward, static_argnums=(0, 1))
+distillation_loss = jax.jit(eager_distillation_loss, static_argnums=(0, 1, 2))
 
 
 @pytest.fixture(scope='module')
@@ -143,8 +148,7 @@ def test_task_ids_out_of_range_are_a_clear_error(backbone):
   batch, _ = multi_task_batch(4, seed=0, num_tasks=3, length=6)
   for bad in ([0, 1, 3, 2], [0, -1, 1, 2]):
     with pytest.raises(ValueError, match=r'task ids \[-?\d\] are out of range.*\[0, 2\]'):
-      forward(CONFIG, method, {'backbone': backbone, 'method': params},
-              dict(batch, task_ids=np.array(bad, np.int32)))
+      method.soft_inputs(params, CONFIG, 4, np.array(bad, np.int32))
   with pytest.raises(ValueError, match='out of range'):
     method.task_prompt(params, 3)
   # The training loop checks each batch on the host (inside jit, jnp.take would clamp).
@@ -155,9 +159,8 @@ def test_task_ids_out_of_range_are_a_clear_error(backbone):
   # One-task MPT: only id 0.
   one = MultitaskPromptTuning(length=3, num_tasks=1, initializer='uniform')
   with pytest.raises(ValueError, match='out of range'):
-    forward(CONFIG, one, {'backbone': backbone, 'method': one.init(jax.random.key(0),
-                                                                   _bb(backbone))},
-            dict(batch, task_ids=np.array([0, 0, 1, 0], np.int32)))
+    one.soft_inputs(one.init(jax.random.key(0), _bb(backbone)), CONFIG, 4,
+                    np.array([0, 0, 1, 0], np.int32))
 
 
 def test_factor_rank_above_the_prompt_length_is_a_clear_error():

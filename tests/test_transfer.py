@@ -155,7 +155,7 @@ def test_a_transferred_prompt_starts_training_from_the_source(model, tmp_path):
     return loss_and_metrics(logits, batch['decoder_target_tokens'],
                             (batch['decoder_target_tokens'] > 0).astype(np.float32))[0]
 
-  grad = np.asarray(jax.jit(jax.grad(loss))(jnp.asarray(source)))
+  grad = np.asarray(jax.jit(jax.grad(loss))(jnp.asarray(source)))  # jitted: faster than eager
   result = train(CONFIG, model.params, method, start, lambda k: batch,
                  optimizer=make_optimizer('sgd', 0.5), num_steps=1, rng=jax.random.key(0),
                  print_fn=None)
