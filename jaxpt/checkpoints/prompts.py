@@ -38,6 +38,7 @@ from flax import traverse_util
 
 from jaxpt.checkpoints.errors import CheckpointError
 from jaxpt.methods.model_tuning import ModelTuning
+from jaxpt.methods.multitask import MultitaskPromptTuning
 from jaxpt.methods.prefix import PrefixTuning
 from jaxpt.methods.prompt import PromptTuning
 from jaxpt.methods.ptuning import PTuning
@@ -47,7 +48,7 @@ PARAMS_FILE = 'method_params.safetensors'
 FORMAT = 'jaxpt.prompt'
 VERSION = 1
 METHODS = {'prompt_tuning': PromptTuning, 'prefix_tuning': PrefixTuning, 'p_tuning': PTuning,
-           'model_tuning': ModelTuning}
+           'model_tuning': ModelTuning, 'multitask_prompt_tuning': MultitaskPromptTuning}
 _FINGERPRINT_VALUES = 64
 _NOT_HYPERPARAMETERS = ('array', 'name')
 _SCANNED = re.compile(r'(encoder|decoder)/layers/(.*)')
@@ -154,7 +155,8 @@ def save_prompt(directory: str, method: Any, method_params: Mapping[str, Any], m
 
   Args:
     directory: created if missing; an existing prompt checkpoint is replaced.
-    method: a `PromptTuning`, `PrefixTuning`, `PTuning` or `ModelTuning`.
+    method: a `PromptTuning`, `PrefixTuning`, `PTuning`, `ModelTuning` or
+      `MultitaskPromptTuning`.
     method_params: its parameters (unmerged: a reparameterized prefix keeps its MLP).
     model: the frozen backbone (`jaxpt.Model`): its params are fingerprinted,
       its config and source recorded.

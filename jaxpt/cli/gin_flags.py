@@ -2,7 +2,9 @@
 
 Configurables (reference them in gin files as `@jaxpt.preset()`, ...):
   jaxpt.preset                     a T5Config for a public size
-  jaxpt.methods.PromptTuning / PrefixTuning / PTuning / ModelTuning
+  jaxpt.methods.PromptTuning / PrefixTuning / PTuning / ModelTuning / MultitaskPromptTuning
+  jaxpt.methods.source_prompt      a prompt checkpoint's [L, d] prompt (SPoT transfer)
+  jaxpt.methods.shared_prompt      an MPT checkpoint's shared prompt P* (target adaptation)
   jaxpt.train.make_optimizer       optax recipes
   jaxpt.train / evaluate / infer / export   the runs (jaxpt.cli.runs)
 """
@@ -16,7 +18,8 @@ from typing import List, Sequence
 
 import gin
 
-from jaxpt.methods import ModelTuning, PrefixTuning, PromptTuning, PTuning
+from jaxpt.methods import ModelTuning, MultitaskPromptTuning, PrefixTuning, PromptTuning, PTuning
+from jaxpt.methods.transfer import shared_prompt, source_prompt
 from jaxpt.models.config import preset
 from jaxpt.train.optim import make_optimizer
 
@@ -31,8 +34,10 @@ def register() -> None:
   if _registered:
     return
   gin.external_configurable(preset, module='jaxpt')
-  for cls in (PromptTuning, PrefixTuning, PTuning, ModelTuning):
+  for cls in (PromptTuning, PrefixTuning, PTuning, ModelTuning, MultitaskPromptTuning):
     gin.external_configurable(cls, module='jaxpt.methods')
+  gin.external_configurable(source_prompt, module='jaxpt.methods')
+  gin.external_configurable(shared_prompt, module='jaxpt.methods')
   gin.external_configurable(make_optimizer, module='jaxpt.train')
   import jaxpt.cli.runs  # noqa: F401  (registers the runs)
   import tasks  # noqa: F401  (light; its gin-settable data directory)

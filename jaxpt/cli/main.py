@@ -6,6 +6,8 @@
         [--gin.MACRO=value ...] [--gin_search_paths=a,b]
   jaxpt plan --gin_file=F ... [--num_devices=N] [--device_memory_gib=16]
                                               per-device memory of the sharded step
+  jaxpt similar PROMPT LIBRARY [--task=K] [--by=mean|tokens] [--top=N]
+                                              rank a prompt library by SPoT similarity
 
 Errors print one line naming the bad flag, file or task and exit with status 2;
 `--debug` shows the Python traceback instead.
@@ -41,6 +43,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--gin_search_paths', default='',
                    help='comma-separated directories to look for gin files in')
     p.add_argument('--debug', action='store_true', help='show Python tracebacks')
+  similar = sub.add_parser('similar', help="rank a prompt library's prompts by SPoT "
+                           'task-embedding similarity to a prompt (to pick a transfer source)')
+  similar.add_argument('prompt', help='a prompt checkpoint directory (the query)')
+  similar.add_argument('library', help='a folder of prompt checkpoints for the same backbone')
+  similar.add_argument('--task', type=int, default=None,
+                       help="the query's task, when it keeps several task prompts (MPT)")
+  similar.add_argument('--by', choices=('mean', 'tokens'), default='mean',
+                       help='rank by the cosine of the average prompt vectors (mean) or the '
+                       'average cosine over all token pairs (tokens)')
+  similar.add_argument('--top', type=int, default=None, help='show only the N most similar')
+  similar.add_argument('--debug', action='store_true', help='show Python tracebacks')
   plan = sub.add_parser('plan', help='compile the sharded training step ahead of time and '
                         'print its per-device memory (same gin flags as train)')
   plan.add_argument('--gin_file', action='append', default=[],
@@ -90,6 +103,9 @@ def main(argv: Optional[List[str]] = None) -> None:
       rc = plan.run(args, bindings, argv)
       if rc:
         sys.exit(rc)
+    elif args.command == 'similar':
+      from jaxpt.cli import similar
+      similar.run(args)
     elif args.command == 'summary':
       import jaxpt
       print(jaxpt.load_model(args.path).summary())

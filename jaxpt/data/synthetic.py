@@ -8,7 +8,7 @@ for the embedded main job and fast tests, and it needs the input to be solved
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -32,3 +32,36 @@ def two_class_batch(batch_size: int, seed: int, vocab_size: int = 64,
   dec = np.concatenate([np.zeros((batch_size, 1), np.int32), targets[:, :-1]], axis=1)
   return dict(encoder_input_tokens=enc, decoder_input_tokens=dec,
               decoder_target_tokens=targets), label.astype(np.int32)
+
+
+def task_label_ids(task: int) -> Tuple[int, int]:
+  """Task `task`'s label tokens (class 0, class 1): task 0 is the two-class task's."""
+  return LABEL_IDS[0] + 2 * task, LABEL_IDS[1] + 2 * task
+
+
+def multi_task_batch(batch_size: int, seed: int, num_tasks: int = 3, vocab_size: int = 64,
+                     length: int = 10, task: Optional[int] = None
+                     ) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
+  """A mixture of `num_tasks` two-class tasks: the same inputs, per-task label tokens.
+
+  Task k answers with `task_label_ids(k)`, so the input alone does not say which
+  word to emit: the task's prompt must. Every example names its task in
+  `task_ids` (all `task` when given, else drawn uniformly from `seed`).
+  """
+  if num_tasks <= 0:
+    raise ValueError(f'num_tasks must be positive, got {num_tasks}')
+  if LABEL_IDS[0] + 2 * num_tasks > vocab_size:
+    raise ValueError(f'{num_tasks} tasks need label ids up to {LABEL_IDS[0] + 2 * num_tasks}, '
+                     f'above vocab_size {vocab_size}')
+  features, label = two_class_batch(batch_size, seed, vocab_size, length)
+  if task is None:
+    task_ids = np.random.RandomState(seed + 7919).randint(0, num_tasks, batch_size)
+  else:
+    if not 0 <= task < num_tasks:
+      raise ValueError(f'task {task} is out of range for {num_tasks} tasks')
+    task_ids = np.full(batch_size, task)
+  words = np.asarray([task_label_ids(k) for k in range(num_tasks)])[task_ids, label]
+  targets = np.stack([words, np.ones(batch_size, int)], axis=1).astype(np.int32)
+  dec = np.concatenate([np.zeros((batch_size, 1), np.int32), targets[:, :-1]], axis=1)
+  return dict(features, decoder_input_tokens=dec, decoder_target_tokens=targets,
+              task_ids=task_ids.astype(np.int32)), label

@@ -36,6 +36,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpt.methods.multitask import MultitaskPromptTuning
 from jaxpt.methods.prefix import PrefixTuning
 from jaxpt.methods.prompt import PromptTuning
 from jaxpt.methods.ptuning import PTuning
@@ -260,9 +261,10 @@ def export_peft(model: Any, method: Any, method_params: Dict[str, Any], director
   """Writes a prompt or prefix as a peft adapter directory.
 
   `PromptTuning` becomes PROMPT_TUNING (`[P, d_model]` rows with
-  num_transformer_submodules 1); `PTuning` becomes P_TUNING (its merged
-  `[P, d_model]` prompt, the encoder's output, as peft saves it);
-  `PrefixTuning(style='peft')` becomes
+  num_transformer_submodules 1), and so does a one-task `MultitaskPromptTuning`
+  (its composed prompt; `method.task_prompt(params, k)` gives task k of several);
+  `PTuning` becomes P_TUNING (its merged `[P, d_model]` prompt, the encoder's
+  output, as peft saves it); `PrefixTuning(style='peft')` becomes
   PREFIX_TUNING (its merged `[P, 2L*H*Dh]` prefix, token_dim H*Dh, dead slots
   zeroed). jaxpt's own record (method, backbone config) goes to
   `jaxpt_prompt.json`, not into adapter_config.json, where peft would warn.
@@ -286,6 +288,12 @@ def export_peft(model: Any, method: Any, method_params: Dict[str, Any], director
   from safetensors.numpy import save_file
 
   config = _config_of(model)
+  if isinstance(method, MultitaskPromptTuning):
+    if method.num_tasks != 1:
+      raise ValueError(f'this MPT prompt keeps {method.num_tasks} task prompts; a peft adapter '
+                       f'holds one. Export one task at a time: '
+                       f'export_peft(model, *method.task_prompt(params, task_id), directory)')
+    method, method_params = method.task_prompt(method_params, 0)
   if isinstance(method, PromptTuning):
     tensor, specific = _export_prompt(config, method, method_params)
   elif isinstance(method, PTuning):

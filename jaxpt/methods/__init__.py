@@ -8,11 +8,12 @@ task_ids) -> SoftInputs` (what the T5 forward takes: a prompt and/or prefixes) a
 
 from jaxpt.methods.interface import Backbone, Method, SoftInputs
 from jaxpt.methods.model_tuning import ModelTuning
+from jaxpt.methods.multitask import MultitaskPromptTuning
 from jaxpt.methods.prefix import PrefixTuning, deep_prompt_tuning
 from jaxpt.methods.prompt import PromptTuning
 from jaxpt.methods.ptuning import PTuning, Template
 from jaxpt.methods.split import EVERYTHING, PROMPT_ONLY, combine, partition
 
-__all__ = ['Backbone', 'EVERYTHING', 'Method', 'ModelTuning', 'PROMPT_ONLY', 'PTuning',
-           'PrefixTuning', 'PromptTuning', 'SoftInputs', 'Template', 'combine',
-           'deep_prompt_tuning', 'partition']
+__all__ = ['Backbone', 'EVERYTHING', 'Method', 'ModelTuning', 'MultitaskPromptTuning',
+           'PROMPT_ONLY', 'PTuning', 'PrefixTuning', 'PromptTuning', 'SoftInputs', 'Template',
+           'combine', 'deep_prompt_tuning', 'partition']

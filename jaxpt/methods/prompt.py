@@ -137,11 +137,30 @@ class PromptTuning:
     if prompt.ndim == 3:
       if task_ids is None:
         raise ValueError(f'{prompt.shape[0]} prompts are kept: each example needs a task id')
+      check_task_ids(task_ids, prompt.shape[0])
       prompt = jnp.take(prompt, task_ids, axis=0)  # [batch, P, d]
     return SoftInputs(prompt=prompt)
 
   def merge(self, params: Dict[str, Any]) -> Dict[str, Any]:
     return params
+
+
+def check_task_ids(task_ids: Any, num_tasks: int) -> None:
+  """Raises ValueError unless every task id is an integer in [0, num_tasks).
+
+  Host-side (numpy or concrete arrays); traced ids are skipped, because inside
+  jit `jnp.take` clamps an out-of-range id to the last prompt without an error.
+  The training loop checks every batch's ids here before its jitted step.
+  """
+  if isinstance(task_ids, jax.core.Tracer):
+    return
+  ids = np.asarray(task_ids)
+  if ids.size and not np.issubdtype(ids.dtype, np.integer):
+    raise ValueError(f'task_ids must be integers, got dtype {ids.dtype}')
+  if ids.size and (ids.min() < 0 or ids.max() >= num_tasks):
+    bad = sorted({int(i) for i in ids.reshape(-1) if not 0 <= i < num_tasks})
+    raise ValueError(f'task ids {bad[:10]} are out of range: this method keeps {num_tasks} '
+                     f'task prompt(s), so ids must be in [0, {num_tasks - 1}]')
 
 
 def input_length_for_prompt(prompt_length: int, max_length: int) -> int:

@@ -31,8 +31,10 @@ import numpy as np
 import optax
 
 from jaxpt.methods.interface import Method
+from jaxpt.methods.prompt import check_task_ids
 from jaxpt.methods.split import PROMPT_ONLY, combine, partition
 from jaxpt.models.config import T5Config
+from jaxpt.train.distill import TEACHER, make_distill_step
 from jaxpt.train.step import TrainState, init_state, make_train_step
 
 Batch = Mapping[str, Any]
@@ -85,12 +87,30 @@ class TrainResult(NamedTuple):
   checkpoint_dir: Optional[str]
 
 
+def _make_step(config: T5Config, method: Method, optimizer: optax.GradientTransformation,
+               label_smoothing: float, z_loss: float, distillation: Any = None) -> Callable:
+  """The task step, or the distillation step when `distillation` is given."""
+  if distillation is None:
+    return make_train_step(config, method, optimizer, label_smoothing=label_smoothing,
+                           z_loss=z_loss)
+  return make_distill_step(config, method, distillation, optimizer,
+                           label_smoothing=label_smoothing, z_loss=z_loss)
+
+
 @functools.lru_cache(maxsize=8)
 def _jitted_step(config: T5Config, method: Method, optimizer: optax.GradientTransformation,
-                 label_smoothing: float, z_loss: float) -> Callable:
+                 label_smoothing: float, z_loss: float, distillation: Any = None) -> Callable:
   """The jitted step, state donated; cached so a resumed run in-process reuses the compile."""
-  return jax.jit(make_train_step(config, method, optimizer, label_smoothing=label_smoothing,
-                                 z_loss=z_loss), donate_argnums=(0,))
+  return jax.jit(_make_step(config, method, optimizer, label_smoothing, z_loss, distillation),
+                 donate_argnums=(0,))
+
+
+def _num_task_prompts(method: Method) -> Optional[int]:
+  """How many task prompts a method keeps (None: it reads no task ids)."""
+  if hasattr(method, 'num_tasks'):
+    return int(method.num_tasks)
+  count = getattr(method, 'num_prompts', 1)
+  return int(count) if count > 1 else None
 
 
 def _scalars(metrics: Mapping[str, Any]) -> Dict[str, float]:
@@ -160,7 +180,8 @@ def train(config: T5Config, backbone_params: Any, method: Method, method_params:
           backbone_source: str = '', label_smoothing: float = 0.0, z_loss: float = 0.0,
           async_checkpoints: bool = True,
           print_fn: Optional[Callable[[str], None]] = print,
-          partitioning: Optional[Any] = None) -> TrainResult:
+          partitioning: Optional[Any] = None, distillation: Optional[Any] = None,
+          teacher_params: Any = None) -> TrainResult:
   """Trains `method_params` (or whatever `trainable_rules` selects) on a frozen backbone.
 
   Args:
@@ -197,6 +218,10 @@ def train(config: T5Config, backbone_params: Any, method: Method, method_params:
     partitioning: a `jaxpt.partitioning.PartitionConfig` (or anything with
       `mesh()` and `rules()`): shard the run over its ('data', 'model') mesh by
       its logical axis rules. None: the default single-program jit.
+    distillation: a `jaxpt.train.distill.Distillation`: train on the task loss
+      plus distillation from its (frozen) teachers, whose parameters are
+      `teacher_params` (kept under params['teacher'], never trained).
+    teacher_params: the teachers' method parameters (with `distillation` only).
 
   Returns:
     A TrainResult.
@@ -219,8 +244,19 @@ def train(config: T5Config, backbone_params: Any, method: Method, method_params:
     raise ValueError(f'best_metric={best_metric!r} needs an eval_fn to compute it')
   say = print_fn or (lambda _: None)
 
+  if (distillation is None) != (teacher_params is None):
+    raise ValueError('distillation and teacher_params go together: pass both or neither')
+  if distillation is not None and partitioning is not None:
+    raise ValueError('distillation does not support partitioning yet: train without '
+                     'partitioning, or without teachers')
+  num_task_prompts = _num_task_prompts(method)
   params = {'backbone': backbone_params, 'method': method_params or {}}
+  if distillation is not None:
+    params[TEACHER] = teacher_params
   trainable, frozen = partition(params, trainable_rules)
+  if distillation is not None and TEACHER in trainable:
+    raise ValueError(f'trainable_rules {list(trainable_rules)} select teacher parameters; '
+                     f'teachers must stay frozen (train r"method/.*")')
   # The state is donated to each step: copy so the caller's arrays stay valid.
   trainable = jax.tree.map(jnp.copy, trainable)
   state = init_state(trainable, optimizer)
@@ -267,11 +303,11 @@ def train(config: T5Config, backbone_params: Any, method: Method, method_params:
   # fresh one must be too, or the two would compile separately.
   state = jax.tree.map(lambda x: jax.device_put(x, x.sharding), state)
   try:
-    step_fn = sharded_step or _jitted_step(config, method, optimizer, label_smoothing, z_loss)
+    step_fn = sharded_step or _jitted_step(config, method, optimizer, label_smoothing, z_loss,
+                                           distillation)
   except TypeError:  # an unhashable method or optimizer: compile for this call only
-    step_fn = jax.jit(make_train_step(config, method, optimizer,
-                                      label_smoothing=label_smoothing, z_loss=z_loss),
-                      donate_argnums=(0,))
+    step_fn = jax.jit(_make_step(config, method, optimizer, label_smoothing, z_loss,
+                                 distillation), donate_argnums=(0,))
   history: List[Dict[str, Any]] = []
 
   def record(entry: Dict[str, Any]) -> None:
@@ -307,6 +343,11 @@ def train(config: T5Config, backbone_params: Any, method: Method, method_params:
   try:
     for s in range(start + 1, num_steps + 1):
       batch = batches(data_position)
+      if num_task_prompts is not None and 'task_ids' in batch:
+        try:
+          check_task_ids(batch['task_ids'], num_task_prompts)
+        except ValueError as e:
+          raise ValueError(f'batch at data position {data_position}: {e}') from None
       batch_size = int(np.shape(batch['encoder_input_tokens'])[0])
       state, metrics = step_fn(state, frozen, dict(batch), rng)
       data_position += 1

@@ -40,39 +40,63 @@ def init_state(trainable: Any, optimizer: optax.GradientTransformation) -> Train
                     opt_state=optimizer.init(trainable))
 
 
-def forward(config: T5Config, method: Method, params: Dict[str, Any], batch: Batch, *,
-            deterministic: bool = True, rng: Optional[Array] = None) -> Array:
-  """Teacher-forced logits of `batch` with the method's prompt / prefixes."""
+def _prepared(config: T5Config, method: Method, params: Dict[str, Any], batch: Batch,
+              deterministic: bool, rng: Optional[Array]):
+  """(soft inputs, T5 module, dropout rngs) for a forward pass over `batch`."""
   enc = batch['encoder_input_tokens']
   soft = method.soft_inputs(params.get('method', {}), config, enc.shape[0],
                             batch.get('task_ids'))
-  module = T5(config, soft.prefix_position)
   rngs = {'dropout': rng} if (rng is not None and not deterministic) else {}
-  return module.apply({'params': params['backbone']}, enc, batch['decoder_input_tokens'],
-                      prompt=soft.prompt, prefixes=soft.prefixes,
+  return soft, T5(config, soft.prefix_position), rngs
+
+
+def forward(config: T5Config, method: Method, params: Dict[str, Any], batch: Batch, *,
+            deterministic: bool = True, rng: Optional[Array] = None) -> Array:
+  """Teacher-forced logits of `batch` with the method's prompt / prefixes."""
+  soft, module, rngs = _prepared(config, method, params, batch, deterministic, rng)
+  return module.apply({'params': params['backbone']}, batch['encoder_input_tokens'],
+                      batch['decoder_input_tokens'], prompt=soft.prompt, prefixes=soft.prefixes,
                       deterministic=deterministic, rngs=rngs)
 
 
-def _weights(batch: Batch) -> Array:
+def forward_hidden(config: T5Config, method: Method, params: Dict[str, Any], batch: Batch, *,
+                   deterministic: bool = True, rng: Optional[Array] = None
+                   ) -> Tuple[Array, Array, Array]:
+  """(logits, encoded [batch, P + length, d], valid [batch, P + length]) of `batch`.
+
+  The same pass as `forward`, also returning the encoder's output; its first
+  `method.prompt_length` positions are the prompt's (hidden-state distillation
+  compares the input positions after them).
+  """
+  soft, module, rngs = _prepared(config, method, params, batch, deterministic, rng)
+  variables = {'params': params['backbone']}
+  encoded, valid = module.apply(variables, batch['encoder_input_tokens'], soft.prompt,
+                                soft.prefixes, deterministic, method=T5.encode, rngs=rngs)
+  logits = module.apply(variables, encoded, valid, batch['decoder_input_tokens'], soft.prefixes,
+                        deterministic, method=T5.decode, rngs=rngs)
+  return logits, encoded, valid
+
+
+def loss_weights(batch: Batch) -> Array:
+  """`decoder_loss_weights`, or 1 on every non-padding target token."""
   if 'decoder_loss_weights' in batch:
     return batch['decoder_loss_weights']
   return (batch['decoder_target_tokens'] > 0).astype(jnp.float32)
 
 
-def make_train_step(config: T5Config, method: Method, optimizer: optax.GradientTransformation,
-                    *, label_smoothing: float = 0.0, z_loss: float = 0.0
-                    ) -> Callable[[TrainState, Any, Batch, Array], Tuple[TrainState, Dict]]:
-  """Returns `step(state, frozen, batch, rng) -> (state, metrics)` (jit it yourself).
+def make_step(objective: Callable[[Dict[str, Any], Batch, Array], Tuple[Array, Dict]],
+              optimizer: optax.GradientTransformation
+              ) -> Callable[[TrainState, Any, Batch, Array], Tuple[TrainState, Dict]]:
+  """`step(state, frozen, batch, rng) -> (state, metrics)` minimizing `objective`.
 
+  `objective(params, batch, rng) -> (loss, metrics)` sees the whole tree
+  (trainable and frozen combined); only `state.trainable` is differentiated.
   A step whose loss or gradients are not finite leaves the state unchanged
   and reports `metrics['finite'] = False`; the loop stops on it.
   """
 
   def loss_fn(trainable, frozen, batch, rng):
-    params = combine(trainable, frozen)
-    logits = forward(config, method, params, batch, deterministic=False, rng=rng)
-    return loss_and_metrics(logits, batch['decoder_target_tokens'], _weights(batch),
-                            label_smoothing=label_smoothing, z_loss=z_loss)
+    return objective(combine(trainable, frozen), batch, rng)
 
   def step(state: TrainState, frozen: Any, batch: Batch, rng: Array):
     rng = jax.random.fold_in(rng, state.step)
@@ -91,13 +115,30 @@ def make_train_step(config: T5Config, method: Method, optimizer: optax.GradientT
   return step
 
 
+def make_train_step(config: T5Config, method: Method, optimizer: optax.GradientTransformation,
+                    *, label_smoothing: float = 0.0, z_loss: float = 0.0
+                    ) -> Callable[[TrainState, Any, Batch, Array], Tuple[TrainState, Dict]]:
+  """Returns `step(state, frozen, batch, rng) -> (state, metrics)` (jit it yourself).
+
+  The objective is the task's token cross-entropy (`jaxpt.train.loss`); see
+  `make_step` for the non-finite guard.
+  """
+
+  def objective(params, batch, rng):
+    logits = forward(config, method, params, batch, deterministic=False, rng=rng)
+    return loss_and_metrics(logits, batch['decoder_target_tokens'], loss_weights(batch),
+                            label_smoothing=label_smoothing, z_loss=z_loss)
+
+  return make_step(objective, optimizer)
+
+
 def make_eval_step(config: T5Config, method: Method, *, label_smoothing: float = 0.0,
                    z_loss: float = 0.0) -> Callable[[Any, Any, Batch], Dict]:
   """Returns `eval_step(trainable, frozen, batch) -> metrics` (no dropout)."""
 
   def eval_step(trainable, frozen, batch):
     logits = forward(config, method, combine(trainable, frozen), batch)
-    _, metrics = loss_and_metrics(logits, batch['decoder_target_tokens'], _weights(batch),
+    _, metrics = loss_and_metrics(logits, batch['decoder_target_tokens'], loss_weights(batch),
                                   label_smoothing=label_smoothing, z_loss=z_loss)
     return metrics
 
