@@ -184,6 +184,15 @@ def _assert_same_params(path, want):
     np.testing.assert_array_equal(a, b)
 
 
+def test_loaded_params_are_jax_arrays_not_file_views(odd_model, tmp_path):
+  # numpy memmap views would keep the file mapped and be copied (transposed) into every step.
+  hf_model, params = odd_model
+  assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(params))
+  hf_model.save_pretrained(tmp_path)
+  _, read = hf.read_hf_checkpoint(str(tmp_path))
+  assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(read))
+
+
 def test_sharded_safetensors(odd_model, tmp_path):
   hf_model, want = odd_model
   hf_model.save_pretrained(tmp_path, max_shard_size='20KB')

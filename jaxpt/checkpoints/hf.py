@@ -33,6 +33,7 @@ import struct
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
+import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 from flax import traverse_util
@@ -429,7 +430,9 @@ def read_hf_checkpoint(directory: str, shardings: Optional[Any] = None
       params[path] = jax.make_array_from_callback(tuple(expected[path].shape),
                                                   flat_shardings[path], read)
     else:
-      params[path] = read()
+      # A jax array now, so the memmap (and its file pages) is dropped tensor by tensor
+      # and a jitted step is not handed numpy views to copy (transposed) on every call.
+      params[path] = jnp.asarray(read())
   return config, traverse_util.unflatten_dict(params, sep='/')
 
 

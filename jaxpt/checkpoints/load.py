@@ -6,6 +6,9 @@ import os
 import re
 from typing import Any, Optional
 
+import jax
+import jax.numpy as jnp
+
 from jaxpt.checkpoints.errors import CheckpointError
 from jaxpt.checkpoints.validate import check_params
 from jaxpt.models.model import Model
@@ -83,6 +86,8 @@ def load_model(path: str, prompt: Optional[str] = None, **config_overrides: Any)
     from jaxpt.checkpoints import native
     config, params = native.read_native(path)
   check_params(params, config.replace(scan_layers=False), path)
+  # Readers may hand back numpy arrays; jax arrays are transferred once here, not on every step.
+  params = jax.tree.map(jnp.asarray, params)
   if config_overrides:
     try:
       config = config.replace(**config_overrides)
