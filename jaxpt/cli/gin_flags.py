@@ -4,6 +4,7 @@ Configurables (reference them in gin files as `@jaxpt.preset()`, ...):
   jaxpt.preset                     a T5Config for a public size
   jaxpt.methods.PromptTuning / PrefixTuning / ModelTuning
   jaxpt.train.make_optimizer       optax recipes
+  jaxpt.assets.mini_t5_path        the committed mini backbone's directory
   jaxpt.train / evaluate / infer / export   the runs (jaxpt.cli.runs)
 """
 
@@ -16,6 +17,7 @@ from typing import List, Sequence
 
 import gin
 
+from jaxpt.assets import mini_t5_path
 from jaxpt.methods import ModelTuning, PrefixTuning, PromptTuning
 from jaxpt.models.config import preset
 from jaxpt.train.optim import make_optimizer
@@ -34,6 +36,7 @@ def register() -> None:
   for cls in (PromptTuning, PrefixTuning, ModelTuning):
     gin.external_configurable(cls, module='jaxpt.methods')
   gin.external_configurable(make_optimizer, module='jaxpt.train')
+  gin.external_configurable(mini_t5_path, module='jaxpt.assets')
   import jaxpt.cli.runs  # noqa: F401  (registers the runs)
   import tasks  # noqa: F401  (light; its gin-settable data directory)
   _registered = True
