@@ -174,3 +174,35 @@ def chunks(documents: Iterable[Sequence[int]], length: int) -> Iterator[np.ndarr
       buffer = buffer[length:]
   if buffer:
     yield np.asarray(buffer, np.int32)
+
+
+OBJECTIVES = ('span_corruption', 'prefix_lm')
+
+
+def chunk_length(objective: str, inputs_length: int) -> int:
+  """Raw tokens per example: span corruption `random_spans_helper`'s, prefix LM inputs - 1.
+
+  Raises:
+    ValueError: for an unknown objective.
+  """
+  if objective == 'span_corruption':
+    return random_spans_helper(inputs_length)[0]
+  if objective == 'prefix_lm':
+    return inputs_length - 1
+  raise ValueError(f'unknown objective {objective!r}; expected one of {OBJECTIVES}')
+
+
+def objective_examples(documents: Iterable[Sequence[int]], objective: str, vocab_size: int,
+                       inputs_length: int, rng: np.random.Generator
+                       ) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+  """(inputs, targets) without EOS: the documents chunked (`chunks`) and noised by `objective`.
+
+  The chunk length leaves room for EOS in `inputs_length`. A last chunk of one token
+  is dropped for the prefix LM (it cannot be split).
+  """
+  length = chunk_length(objective, inputs_length)
+  for piece in chunks(documents, length):
+    if objective == 'span_corruption':
+      yield span_corruption(piece, vocab_size, rng)
+    elif piece.size >= 2:
+      yield prefix_lm(piece, rng)

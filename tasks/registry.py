@@ -217,31 +217,20 @@ def objective_preprocessor(dataset: tf.data.Dataset, sequence_length: Mapping[st
                            seed: int = 0) -> tf.data.Dataset:
   """Tokenized documents -> T5 span corruption or prefix-LM examples (`tasks.objectives`).
 
-  The documents are joined and cut into chunks (span corruption: the raw
-  length that corrupts to `sequence_length['inputs']`, T5's
-  `random_spans_helper`; prefix LM: inputs length - 1). SeqIO repeats the
+  The documents are joined and cut into chunks (`objectives.chunk_length`:
+  what leaves `sequence_length['inputs']` after corruption). SeqIO repeats the
   documents before this step, so on a training stream every pass over the
   corpus gets new chunk boundaries and new noise from one generator seeded
   by `seed`: a rebuilt pipeline yields the same stream.
   """
   vocab_size = output_features['targets'].vocabulary.vocab_size
-  if objective == 'span_corruption':
-    length = objectives.random_spans_helper(sequence_length['inputs'])[0]
-  elif objective == 'prefix_lm':
-    length = sequence_length['inputs'] - 1
-  else:
-    raise ValueError(f'unknown objective {objective!r} (span_corruption, prefix_lm)')
+  objectives.chunk_length(objective, sequence_length['inputs'])  # checks the name now
 
   def examples():
-    rng = np.random.default_rng(seed)
     documents = (ex['targets'] for ex in dataset.as_numpy_iterator())
-    for piece in objectives.chunks(documents, length):
-      if objective == 'span_corruption':
-        inputs, targets = objectives.span_corruption(piece, vocab_size, rng)
-      elif piece.size >= 2:
-        inputs, targets = objectives.prefix_lm(piece, rng)
-      else:
-        continue
+    for inputs, targets in objectives.objective_examples(
+        documents, objective, vocab_size, sequence_length['inputs'],
+        np.random.default_rng(seed)):
       yield {'inputs': inputs, 'targets': targets}
 
   spec = tf.TensorSpec([None], tf.int32)

@@ -1,0 +1,101 @@
+"""Builds jaxpt/assets/mini_t5 from the pretraining and LM-adaptation runs, with its numbers.
+
+    python benchmarks/build_mini_t5.py --pretrain_dir runs/mini_pretrain \
+        --lm_adapt_dir runs/mini_lm_adapt --out_dir jaxpt/assets/mini_t5
+
+Writes the LM-adapted backbone (jaxpt model directory, float32) into
+`--out_dir` beside its `spiece.model`, and `metadata.json`: the held-out
+span-corruption and prefix-LM losses of the untrained model (the same random
+init the pretraining started from), the pretrained one and the LM-adapted
+one; steps and wall times of both runs; the corpus manifest; the machine.
+The exact commands of the runs are in README.md there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+
+import jax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jaxpt  # noqa: E402
+from jaxpt.data import pretraining  # noqa: E402
+from jaxpt.models.t5 import init_params  # noqa: E402
+from tasks import corpus, features  # noqa: E402
+
+SPAN_LENGTHS = {'inputs': 128, 'targets': 32}  # gin/runs/pretrain.gin
+PREFIX_LENGTHS = {'inputs': 96, 'targets': 96}  # gin/runs/lm_adapt.gin
+VOCAB_SIZE = 8100  # 8000 pieces + 100 extra ids
+
+
+def held_out_losses(model: jaxpt.Model, documents) -> dict:
+  """Span-corruption and prefix-LM loss on the corpus's held-out split (seed 0)."""
+  return {
+      'span_corruption': pretraining.mean_loss(model, list(pretraining.objective_batches(
+          documents, 'span_corruption', VOCAB_SIZE, SPAN_LENGTHS, 32))),
+      'prefix_lm': pretraining.mean_loss(model, list(pretraining.objective_batches(
+          documents, 'prefix_lm', VOCAB_SIZE, PREFIX_LENGTHS, 32))),
+  }
+
+
+def run_info(model_dir: str) -> dict:
+  """Steps, examples/s and wall time (config.gin written at start -> model/ at the end)."""
+  records = [json.loads(line) for line in open(os.path.join(model_dir, 'metrics.jsonl'))]
+  train = [r for r in records if r.get('split') == 'train']
+  start = os.path.getmtime(os.path.join(model_dir, 'config.gin'))
+  end = os.path.getmtime(os.path.join(model_dir, 'model', 'jaxpt_model.json'))
+  return {'steps': train[-1]['step'], 'final_train_loss': round(train[-1]['loss'], 4),
+          'wall_seconds': round(end - start), 'operative_config': open(
+              os.path.join(model_dir, 'operative_config.gin')).read()}
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--pretrain_dir', default='runs/mini_pretrain')
+  parser.add_argument('--lm_adapt_dir', default='runs/mini_lm_adapt')
+  parser.add_argument('--out_dir', default='jaxpt/assets/mini_t5')
+  args = parser.parse_args()
+
+  pretrained = jaxpt.load_model(os.path.join(args.pretrain_dir, 'model'))
+  adapted = jaxpt.load_model(os.path.join(args.lm_adapt_dir, 'model'))
+  untrained = jaxpt.Model(pretrained.config, init_params(pretrained.config, jax.random.key(0)))
+  vocab = features.mini_vocab_path()
+  documents = pretraining.encode_documents(corpus.documents('validation'), vocab)
+  losses = {name: held_out_losses(m, documents) for name, m in
+            (('untrained', untrained), ('pretrained', pretrained), ('lm_adapted', adapted))}
+  print(json.dumps(losses, indent=2))
+
+  keep = os.path.join(args.out_dir, 'spiece.model')
+  if os.path.exists(os.path.join(args.out_dir, 'params')):
+    shutil.rmtree(os.path.join(args.out_dir, 'params'))
+  jaxpt.save_model(adapted, args.out_dir)
+  metadata = {
+      'config': adapted.config.to_dict(),
+      'parameters': adapted.num_params(),
+      'vocabulary': {'file': 'spiece.model', 'pieces': 8000, 'ids_with_extra_ids': VOCAB_SIZE,
+                     'sha256': hashlib.sha256(open(keep, 'rb').read()).hexdigest()},
+      'held_out_loss_nats_per_target_token': losses,
+      'held_out_tokens': sum(map(len, documents)),
+      'pretrain': run_info(args.pretrain_dir),
+      'lm_adapt': run_info(args.lm_adapt_dir),
+      'corpus': corpus.manifest(),
+      'machine': {'platform': platform.platform(), 'processor': platform.processor(),
+                  'cpu_count': os.cpu_count(), 'jax': jax.__version__,
+                  'device': str(jax.devices()[0])},
+  }
+  with open(os.path.join(args.out_dir, 'metadata.json'), 'w') as f:
+    json.dump(metadata, f, indent=2)
+  size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(args.out_dir)
+             for f in fs)
+  print(f'wrote {args.out_dir}: {size / 1e6:.1f} MB')
+
+
+if __name__ == '__main__':
+  main()
