@@ -56,6 +56,84 @@ def run_info(model_dir: str) -> dict:
               os.path.join(model_dir, 'operative_config.gin')).read()}
 
 
+COMMANDS = """\
+export JAXPT_DATA_DIR=../shared/data   # the corpus is built from it at run time
+python -m tasks.corpus --out_dir runs/corpus --vocab_size 8000   # manifest + spiece.model
+jaxpt train --gin_file=models/mini_t5/mini.gin --gin_file=methods/model_tuning.gin \\
+  --gin_file=runs/train.gin --gin_file=runs/pretrain.gin --gin.MODEL_DIR="'runs/mini_pretrain'" \\
+  --gin.TRAIN_STEPS={pretrain_steps} --gin.jaxpt.train.make_optimizer.decay_steps=1200
+jaxpt train --gin_file=models/mini_t5/mini.gin --gin_file=methods/model_tuning.gin \\
+  --gin_file=runs/train.gin --gin_file=runs/pretrain.gin --gin_file=runs/lm_adapt.gin \\
+  --gin.MODEL_DIR="'runs/mini_lm_adapt'" --gin.INITIAL_CHECKPOINT_PATH="'runs/mini_pretrain/model'" \\
+  --gin.TRAIN_STEPS={lm_steps}
+python benchmarks/build_mini_t5.py     # this directory, metadata.json and this README
+"""
+
+
+def readme(m: dict) -> str:
+  """The asset's README from its metadata."""
+  loss = m['held_out_loss_nats_per_target_token']
+  rows = '\n'.join(f"| {name} | {v['span_corruption']:.3f} | {v['prefix_lm']:.3f} |"
+                   for name, v in loss.items())
+  corpus_rows = '\n'.join(f"| `{s['file']}` | {s['texts']:,} | {s['documents_kept']:,} | "
+                          f"`{s['sha256'][:16]}` |" for s in m['corpus']['sources'])
+  splits = m['corpus']['splits']
+  pre, lm = m['pretrain'], m['lm_adapt']
+  commands = COMMANDS.format(pretrain_steps=pre['steps'], lm_steps=lm['steps'])
+  return f"""# jaxpt's mini T5 backbone
+
+A T5 1.1-style encoder-decoder (gated GELU, untied logits, d_model 128, 4 heads x 32, MLP 512,
+3 + 3 layers, {m['parameters']:,} parameters, float32) pretrained by jaxpt with T5's span
+corruption, then LM-adapted with the prefix-LM objective, on this machine's CPU. A toy made
+to give prompt tuning a pretrained (not random) frozen model offline; it is not T5 and knows
+little English.
+
+- Load: `jaxpt.load_model(jaxpt.assets.mini_t5_path())`; tokenizer `spiece.model`
+  (SentencePiece unigram, 8000 pieces trained on the corpus, pad 0 / EOS 1 / UNK 2 as T5's;
+  SeqIO adds 100 sentinels: {m['vocabulary']['ids_with_extra_ids']} ids, `<extra_id_0>` = 8099;
+  the embedding has 8192 rows), sha256 `{m['vocabulary']['sha256'][:16]}...`. The `*_mini`
+  SeqIO tasks use it.
+- Pretraining: `corpus_span_corruption_mini` (15% noise, mean span 3, inputs 128 / targets
+  32), batch 16, AdamW lr 3e-3 (warmup 100, linear decay planned over 1200 steps), weight
+  decay 0.01, clip 1.0: {pre['steps']} steps in {pre['wall_seconds'] / 60:.0f} min (final train
+  loss {pre['final_train_loss']}).
+- LM adaptation: `corpus_prefix_lm_mini` (inputs 96 / targets 96), AdamW lr 1e-3 (warmup 20,
+  linear decay): {lm['steps']} steps in {lm['wall_seconds'] / 60:.0f} min (final train loss
+  {lm['final_train_loss']}).
+- Machine: {m['machine']['processor'] or 'x86_64'}, {m['machine']['cpu_count']} CPU cores shared
+  with other jobs (runs under `nice -n 10`), {m['machine']['device']}, jax {m['machine']['jax']}.
+
+## Held-out loss (nats per target token, EOS included)
+
+On the corpus's held-out split ({splits['validation']['documents']} documents,
+{m['held_out_tokens']:,} tokens), seed 0; "untrained" is the random init the pretraining started
+from (same config, `init_params(config, jax.random.key(0))`).
+
+| model | span corruption | prefix LM |
+|---|---|---|
+{rows}
+
+## Corpus (training splits only; `tasks/corpus.py`)
+
+| file | texts | documents kept (deduplicated) | sha256 of the file |
+|---|---|---|---|
+{corpus_rows}
+
+Built corpus: train {splits['train']['documents']:,} documents, {splits['train']['words']:,}
+words, sha256 `{splits['train']['sha256']}`; held out {splits['validation']['documents']}
+documents, sha256 `{splits['validation']['sha256']}`.
+
+## Reproduce
+
+```bash
+{commands}```
+
+The pretraining command was started with TRAIN_STEPS=1200 and stopped at the wall budget;
+`TRAIN_STEPS={pre['steps']}` with the decay still planned over 1200 steps gives the same run
+(resume is bit-identical). The operative gin configs are in `metadata.json`.
+"""
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--pretrain_dir', default='runs/mini_pretrain')
@@ -92,6 +170,8 @@ def main() -> None:
   }
   with open(os.path.join(args.out_dir, 'metadata.json'), 'w') as f:
     json.dump(metadata, f, indent=2)
+  with open(os.path.join(args.out_dir, 'README.md'), 'w') as f:
+    f.write(readme(metadata))
   size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(args.out_dir)
              for f in fs)
   print(f'wrote {args.out_dir}: {size / 1e6:.1f} MB')
