@@ -80,6 +80,9 @@ def readme(m: dict) -> str:
   splits = m['corpus']['splits']
   pre, lm = m['pretrain'], m['lm_adapt']
   commands = COMMANDS.format(pretrain_steps=pre['steps'], lm_steps=lm['steps'])
+  stopped = '' if pre['steps'] >= 1200 else (
+      f"The pretraining was stopped at the wall budget; `TRAIN_STEPS={pre['steps']}` with the "
+      f"decay still planned over 1200 steps gives the same run (resume is bit-identical). ")
   return f"""# jaxpt's mini T5 backbone
 
 A T5 1.1-style encoder-decoder (gated GELU, untied logits, d_model 128, 4 heads x 32, MLP 512,
@@ -128,9 +131,7 @@ documents, sha256 `{splits['validation']['sha256']}`.
 ```bash
 {commands}```
 
-The pretraining command was started with TRAIN_STEPS=1200 and stopped at the wall budget;
-`TRAIN_STEPS={pre['steps']}` with the decay still planned over 1200 steps gives the same run
-(resume is bit-identical). The operative gin configs are in `metadata.json`.
+{stopped}The operative gin configs are in `metadata.json`.
 """
 
 

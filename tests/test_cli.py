@@ -12,9 +12,10 @@ import pytest
 from jaxpt.cli.main import main
 
 
+@pytest.mark.slow
 def test_demo_tunes_a_prompt_on_the_mini_backbone(tmp_path, capsys):
   from jaxpt.cli import demo
-  accuracy = demo.run(steps=100, out_dir=str(tmp_path), task='synthetic')
+  accuracy = demo.run(steps=300, out_dir=str(tmp_path))  # about 2 minutes on 2 cores
   out = capsys.readouterr().out
   assert "jaxpt's mini T5" in out and 'A toy, not T5' in out  # says what the backbone is
   assert 'synthetic two-class task' in out
@@ -38,8 +39,7 @@ def test_demo_rejects_an_unknown_task():
 def test_readme_first_command_beats_the_majority_class(tmp_path):
   """`make demo` runs `jaxpt demo`: here in a fresh process, offline, with a time limit.
 
-  SST-2 when the shared data is beside the repository (or in $JAXPT_DATA_DIR), else the
-  synthetic task; either way the tuned prompt must beat the majority class.
+  The default task (synthetic two-class text) on the committed mini backbone.
   """
   proc = subprocess.run([sys.executable, '-m', 'jaxpt', 'demo'], cwd=tmp_path,
                         env=dict(os.environ), capture_output=True, text=True, timeout=600)
@@ -48,7 +48,7 @@ def test_readme_first_command_beats_the_majority_class(tmp_path):
                     proc.stdout)
   assert match, proc.stdout
   print(proc.stdout)
-  assert float(match[3]) > float(match[1]) + 5
+  assert float(match[3]) > float(match[1]) + 20
 
 
 def test_bad_path_exits_2_without_traceback(tmp_path):

@@ -7,11 +7,15 @@ paper's recipe, evaluates it by rank classification beside the untrained
 prompt's ("zero-shot") accuracy and the majority class, and writes the prompt
 checkpoint and an HF export of the backbone under `runs/demo/`.
 
-The task is SST-2 from the local data directory ($JAXPT_DATA_DIR, else
-$JAXPT_SHARED_DATA, else `../shared/data` beside the repository) when its
-files are there: a real task, evaluated on its official validation split,
-which the backbone never saw in pretraining. Without them it falls back to
-`synthetic_two_class` (generated text, no files), and says so.
+The default task is `synthetic_two_class` (generated text: fruit words vs tool
+words, no files), read through the mini vocabulary. `task='sst2'` (or 'auto':
+SST-2 when its files are found) uses SST-2 from the local data directory
+($JAXPT_DATA_DIR, else $JAXPT_SHARED_DATA, else `../shared/data` beside the
+repository), evaluated on its validation split; measured here, a couple of
+minutes of prompt tuning on this toy backbone do not beat SST-2's majority
+class (200 steps: 49.1% vs 50.9%), while the synthetic task reaches 99.8% in
+300 steps (about 2 minutes), so the default is the one that shows prompt
+tuning working.
 """
 
 from __future__ import annotations
@@ -69,11 +73,13 @@ def load_task(task: str = 'auto') -> Tuple[str, List[Dict[str, Any]], List[Dict[
             f'SST-2 from {directory} (train 6,920 / validation 872)')
   return ('synthetic_two_class', list(synthetic.synthetic_examples('train')),
           list(synthetic.synthetic_examples('validation', num_examples=512)),
-          'the synthetic two-class task (no SST-2 files found: set JAXPT_DATA_DIR)')
+          'the synthetic two-class task' + (
+              '' if task == 'synthetic' else ' (no SST-2 files found: set JAXPT_DATA_DIR)'))
 
 
 def run(seed: int = 0, steps: int = 300, out_dir: str = os.path.join('runs', 'demo'),
-        batch_size: int = 32, backbone_dir: Optional[str] = None, task: str = 'auto') -> float:
+        batch_size: int = 32, backbone_dir: Optional[str] = None, task: str = 'synthetic',
+        learning_rate: float = 0.3) -> float:
   """Runs the main job on the mini backbone (or `backbone_dir`, a jaxpt model directory
   with its `spiece.model`); returns the tuned accuracy (a fraction)."""
   import sentencepiece as spm
@@ -112,7 +118,9 @@ def run(seed: int = 0, steps: int = 300, out_dir: str = os.path.join('runs', 'de
   n_trainable = sum(x.size for x in jax.tree.leaves(trainable))
   print(f'  trainable: {n_trainable:,} prompt parameters ({PROMPT_LENGTH} x '
         f'{model.config.emb_dim}, class-label init); frozen: {model.num_params():,}')
-  optimizer = make_optimizer('adafactor')  # the paper's: lr 0.3, weight decay 1e-5
+  # Adam, not the paper's Adafactor at 0.3: on this tiny backbone it moves the prompt
+  # much faster, and the demo has a couple of minutes.
+  optimizer = make_optimizer('adamw', learning_rate, weight_decay=0.0)
   state = init_state(trainable, optimizer)
   step = jax.jit(make_train_step(model.config, method, optimizer), donate_argnums=0)
   t0 = time.perf_counter()

@@ -32,8 +32,8 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument('--debug', action='store_true', help='show Python tracebacks')
   sub = parser.add_subparsers(dest='command', required=True)
   demo = sub.add_parser('demo', help='run the embedded main job (offline)')
-  demo.add_argument('--task', default='auto', choices=('auto', 'sst2', 'synthetic'),
-                    help='auto: SST-2 when its files are found, else the synthetic task')
+  demo.add_argument('--task', default='synthetic', choices=('synthetic', 'sst2', 'auto'),
+                    help='synthetic (default), sst2, or auto: SST-2 when its files are found')
   demo.add_argument('--steps', type=int, default=None, help='prompt-tuning steps')
   summary = sub.add_parser('summary', help='load a checkpoint and print its summary')
   summary.add_argument('path', help='HF T5 directory, T5X checkpoint or jaxpt directory')
