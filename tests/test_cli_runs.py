@@ -113,3 +113,19 @@ def test_sequence_length_too_short_for_the_prompt(data_dir, tmp_path, capsys):
                       "--gin.MIXTURE_OR_TASK_NAME='super_glue_rte_local'",
                       '--gin.PROMPT_LENGTH=100')
   assert code == 2 and 'prompt' in err and '64' in err
+
+
+@pytest.mark.slow
+def test_pretrain_run_writes_the_tuned_backbone(data_dir, tmp_path, capsys):
+  """runs/pretrain.gin (span corruption, every parameter trainable) on a tiny model."""
+  import jaxpt
+  model_dir = tmp_path / 'pretrain'
+  code, out, err = _run(
+      capsys, 'train', '--gin_file=models/mini_t5/mini.gin', '--gin_file=methods/model_tuning.gin',
+      '--gin_file=runs/train.gin', '--gin_file=runs/pretrain.gin', f"--gin.MODEL_DIR='{model_dir}'",
+      '--gin.TRAIN_STEPS=2', '--gin.BATCH_SIZE=2', '--gin.WARMUP_STEPS=1',
+      "--gin.jaxpt.preset.num_encoder_layers=1", "--gin.jaxpt.preset.num_decoder_layers=1")
+  assert code == 0, err
+  assert 'step 2/2' in out
+  tuned = jaxpt.load_model(str(model_dir / 'model'))
+  assert tuned.config.vocab_size == 8192 and tuned.config.num_encoder_layers == 1
