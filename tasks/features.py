@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
 from typing import Dict
@@ -23,6 +24,15 @@ def default_vocab_path() -> str:
   if _SHARED_VOCAB.is_file():
     return str(_SHARED_VOCAB)
   return PUBLIC_VOCAB
+
+
+def mini_vocab_path() -> str:
+  """The SentencePiece model of jaxpt's mini backbone (8000 pieces trained on the offline
+  corpus, `jaxpt/assets/mini_t5/spiece.model`; 8100 ids with the extra ids)."""
+  spec = importlib.util.find_spec('jaxpt')
+  root = pathlib.Path(list(spec.submodule_search_locations)[0]) if spec else (
+      _REPO_ROOT / 'jaxpt')
+  return str(root / 'assets' / 'mini_t5' / 'spiece.model')
 
 
 def feature_lengths(inputs: int, targets: int, prompt_length: int = 0) -> Dict[str, int]:

@@ -36,7 +36,7 @@ FREE_TEXT_BENCHMARKS = ('record',)
 """Benchmarks whose targets are free text (no label words)."""
 
 _PREFIXES = ('super_glue_', 'glue_')
-_SUFFIXES = ('_local',)
+_SUFFIXES = ('_mini', '_local')  # stripped in this order
 
 
 def benchmark_of(task_name: str) -> str:

@@ -9,6 +9,13 @@ Importing this module registers, with the T5 SentencePiece vocabulary of
 * the same names with `_local`: the official files under the local data
   directory (`tasks.local`), offline.
 * `synthetic_two_class`: generated, with `seqio.ByteVocabulary()`.
+* `corpus_span_corruption`, `corpus_prefix_lm`: T5's span corruption and
+  prefix-LM objectives (`tasks.objectives`) over the offline corpus of
+  `tasks.corpus` (splits 'train' and 'validation' = its held-out part); the
+  'train' stream draws new chunk boundaries and noise every epoch, deterministically.
+* every `_local` task, `corpus_span_corruption` and `corpus_prefix_lm` again
+  with the suffix `_mini`: the same data with the mini backbone's vocabulary
+  (`tasks.features.mini_vocab_path()`), e.g. `glue_sst2_local_mini`.
 * mixtures `super_glue` (the 8 TFDS SuperGLUE tasks) and `super_glue_local`
   (the 7 local ones without ReCoRD), mixed in proportion to the train sizes.
 
@@ -29,7 +36,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from tasks import features, formats, labels, local, metrics, synthetic
+from tasks import corpus, features, formats, labels, local, metrics, objectives, synthetic
 
 SUPERGLUE = ('boolq', 'cb', 'copa', 'multirc', 'record', 'rte', 'wic', 'wsc')
 GLUE = ('sst2', 'mrpc', 'qqp')
@@ -58,11 +65,15 @@ def task_name(benchmark: str, source: str = 'tfds') -> str:
 TFDS_TASKS = tuple(task_name(b) for b in SUPERGLUE + GLUE)
 LOCAL_TASKS = tuple(task_name(b, 'local') for b in SUPERGLUE + GLUE)
 SYNTHETIC_TASK = 'synthetic_two_class'
+PRETRAINING_TASKS = ('corpus_span_corruption', 'corpus_prefix_lm')
+MINI = '_mini'
+"""Suffix of the tasks that use the mini backbone's vocabulary."""
 MIXTURES: Dict[str, Sequence[str]] = {
     'super_glue': tuple(task_name(b) for b in SUPERGLUE),
     'super_glue_local': tuple(task_name(b, 'local') for b in SUPERGLUE if b != 'record'),
 }
-TASK_NAMES = TFDS_TASKS + LOCAL_TASKS + (SYNTHETIC_TASK,)
+TASK_NAMES = (TFDS_TASKS + LOCAL_TASKS + (SYNTHETIC_TASK,) + PRETRAINING_TASKS
+              + tuple(t + MINI for t in LOCAL_TASKS + PRETRAINING_TASKS))
 
 
 @functools.lru_cache(maxsize=None)
@@ -70,6 +81,11 @@ def t5_vocabulary(path: str | None = None) -> seqio.SentencePieceVocabulary:
   """The T5 SentencePiece vocabulary with 100 extra ids (32100 ids)."""
   return seqio.SentencePieceVocabulary(path or features.default_vocab_path(),
                                        extra_ids=features.EXTRA_IDS)
+
+
+def mini_vocabulary() -> seqio.SentencePieceVocabulary:
+  """The mini backbone's SentencePiece vocabulary with 100 extra ids (8100 ids)."""
+  return t5_vocabulary(features.mini_vocab_path())
 
 
 def output_features(vocabulary: seqio.Vocabulary) -> Dict[str, seqio.Feature]:
@@ -186,20 +202,75 @@ def _add(*, name: str, make: Callable[[], Any], registry: Any) -> None:
     registry.add_provider(name, make())
 
 
+def corpus_dataset_fn(split: str, shuffle_files: bool = False, seed: int | None = None
+                     ) -> tf.data.Dataset:
+  """A SeqIO dataset_fn over the documents of `tasks.corpus` ({'targets': text})."""
+  del shuffle_files, seed  # the objectives draw chunks and noise themselves
+  documents = corpus.documents(split)
+  return tf.data.Dataset.from_generator(
+      lambda: ({'targets': d} for d in documents),
+      output_signature={'targets': tf.TensorSpec([], tf.string)})
+
+
+def objective_preprocessor(dataset: tf.data.Dataset, sequence_length: Mapping[str, int],
+                           output_features: Mapping[str, seqio.Feature], *, objective: str,
+                           seed: int = 0) -> tf.data.Dataset:
+  """Tokenized documents -> T5 span corruption or prefix-LM examples (`tasks.objectives`).
+
+  The documents are joined and cut into chunks (`objectives.chunk_length`:
+  what leaves `sequence_length['inputs']` after corruption). SeqIO repeats the
+  documents before this step, so on a training stream every pass over the
+  corpus gets new chunk boundaries and new noise from one generator seeded
+  by `seed`: a rebuilt pipeline yields the same stream.
+  """
+  vocab_size = output_features['targets'].vocabulary.vocab_size
+  objectives.chunk_length(objective, sequence_length['inputs'])  # checks the name now
+
+  def examples():
+    documents = (ex['targets'] for ex in dataset.as_numpy_iterator())
+    for inputs, targets in objectives.objective_examples(
+        documents, objective, vocab_size, sequence_length['inputs'],
+        np.random.default_rng(seed)):
+      yield {'inputs': inputs, 'targets': targets}
+
+  spec = tf.TensorSpec([None], tf.int32)
+  return tf.data.Dataset.from_generator(examples,
+                                        output_signature={'inputs': spec, 'targets': spec})
+
+
+def _pretraining_task(name: str, vocabulary: seqio.Vocabulary) -> seqio.Task:
+  objective = 'span_corruption' if 'span_corruption' in name else 'prefix_lm'
+  return seqio.Task(
+      name,
+      source=seqio.FunctionDataSource(corpus_dataset_fn, splits=corpus.SPLITS),
+      output_features=output_features(vocabulary),
+      preprocessors=[seqio.preprocessors.tokenize,
+                     functools.partial(objective_preprocessor, objective=objective),
+                     seqio.preprocessors.append_eos_after_trim],
+      metric_fns=[])
+
+
 def register_all() -> List[str]:
   """Registers every task and mixture (idempotent); returns their names."""
-  vocabulary = t5_vocabulary()
+  vocabularies = {'': t5_vocabulary, MINI: mini_vocabulary}
   for benchmark in SUPERGLUE + GLUE:
     for source, dataset_fn in (('tfds', tfds_dataset_fn), ('local', local_dataset_fn)):
       splits = local.SPLITS if source == 'local' and benchmark in SUPERGLUE else (
           'train', 'validation', 'test')
-      name = task_name(benchmark, source)
-      make = functools.partial(
-          _task, name,
-          seqio.FunctionDataSource(functools.partial(dataset_fn, benchmark=benchmark),
-                                   splits=splits),
-          benchmark, vocabulary)
-      _add(name=name, make=make, registry=seqio.TaskRegistry)
+      for suffix, vocabulary in vocabularies.items():
+        if suffix and source != 'local':
+          continue
+        name = task_name(benchmark, source) + suffix
+        make = functools.partial(
+            _task, name,
+            seqio.FunctionDataSource(functools.partial(dataset_fn, benchmark=benchmark),
+                                     splits=splits),
+            benchmark, vocabulary())
+        _add(name=name, make=make, registry=seqio.TaskRegistry)
+  for base in PRETRAINING_TASKS:
+    for suffix, vocabulary in vocabularies.items():
+      _add(name=base + suffix, make=lambda n=base + suffix, v=vocabulary: _pretraining_task(
+          n, v()), registry=seqio.TaskRegistry)
   _add(name=SYNTHETIC_TASK, make=_synthetic_task, registry=seqio.TaskRegistry)
   for name, members in MIXTURES.items():
     rates = [(t, float(TRAIN_SIZES[labels.benchmark_of(t)])) for t in members]

@@ -142,3 +142,19 @@ def test_train_refuses_a_template_inside_the_input(tmp_path, capsys):
                       '--gin.PROMPT_LENGTH=4',
                       "--gin.jaxpt.methods.PTuning.template='[P2] {inputs} [P2]'")
   assert code == 2 and 'places prompt tokens inside the input' in err
+
+
+@pytest.mark.slow
+def test_pretrain_run_writes_the_tuned_backbone(data_dir, tmp_path, capsys):
+  """runs/pretrain.gin (span corruption, every parameter trainable) on a tiny model."""
+  import jaxpt
+  model_dir = tmp_path / 'pretrain'
+  code, out, err = _run(
+      capsys, 'train', '--gin_file=models/mini_t5/mini.gin', '--gin_file=methods/model_tuning.gin',
+      '--gin_file=runs/train.gin', '--gin_file=runs/pretrain.gin', f"--gin.MODEL_DIR='{model_dir}'",
+      '--gin.TRAIN_STEPS=2', '--gin.BATCH_SIZE=2', '--gin.WARMUP_STEPS=1',
+      "--gin.jaxpt.preset.num_encoder_layers=1", "--gin.jaxpt.preset.num_decoder_layers=1")
+  assert code == 0, err
+  assert 'step 2/2' in out
+  tuned = jaxpt.load_model(str(model_dir / 'model'))
+  assert tuned.config.vocab_size == 8192 and tuned.config.num_encoder_layers == 1

@@ -140,3 +140,32 @@ def test_local_mixture(data_dir):
                                 seed=0)
   for example in dataset.take(4).as_numpy_iterator():
     assert example['inputs'][-1] == EOS and example['targets'][-1] == EOS
+
+
+def test_span_corruption_task_over_the_corpus(data_dir):
+  task = tasks.get_task('corpus_span_corruption_mini')
+  vocab = task.output_features['targets'].vocabulary
+  assert vocab.vocab_size == 8100
+  ds = task.get_dataset({'inputs': 128, 'targets': 32}, split='validation', shuffle=False)
+  examples = list(ds.take(4).as_numpy_iterator())
+  for ex in examples:
+    inputs, targets = ex['inputs'].tolist(), ex['targets'].tolist()
+    assert len(inputs) == 128 and inputs[-1] == EOS  # random_spans_helper(128): exactly full
+    sentinels = [t for t in inputs if t >= 8000]
+    assert sentinels == list(range(8099, 8099 - len(sentinels), -1))  # <extra_id_0> = 8099
+    assert [t for t in targets if t >= 8000] == sentinels and targets[0] == 8099
+  stream = tasks.get_task('corpus_prefix_lm_mini').get_dataset(
+      {'inputs': 96, 'targets': 96}, split='validation', shuffle=False)
+  ex = next(stream.as_numpy_iterator())
+  assert len(ex['inputs']) + len(ex['targets']) == 95 + 2  # a 95-token chunk split, + 2 EOS
+
+
+def test_mini_tasks_use_the_mini_vocabulary(data_dir):
+  mini = tasks.get_task('glue_sst2_local_mini')
+  assert mini.output_features['inputs'].vocabulary.vocab_size == 8100
+  assert tasks.get_task('glue_sst2_local').output_features['inputs'].vocabulary is not (
+      mini.output_features['inputs'].vocabulary)
+  ex = next(mini.get_dataset({'inputs': 64, 'targets': 4}, split='validation',
+                             shuffle=False).as_numpy_iterator())
+  assert _decode(mini, 'inputs', ex['inputs']) == ex['inputs_pretokenized'].decode()
+  assert tasks.label_words('glue_sst2_local_mini') == ('negative', 'positive')

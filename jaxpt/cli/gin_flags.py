@@ -6,6 +6,7 @@ Configurables (reference them in gin files as `@jaxpt.preset()`, ...):
   jaxpt.methods.source_prompt      a prompt checkpoint's [L, d] prompt (SPoT transfer)
   jaxpt.methods.shared_prompt      an MPT checkpoint's shared prompt P* (target adaptation)
   jaxpt.train.make_optimizer       optax recipes
+  jaxpt.assets.mini_t5_path        the committed mini backbone's directory
   jaxpt.train / evaluate / infer / export   the runs (jaxpt.cli.runs)
 """
 
@@ -18,6 +19,7 @@ from typing import List, Sequence
 
 import gin
 
+from jaxpt.assets import mini_t5_path
 from jaxpt.methods import ModelTuning, MultitaskPromptTuning, PrefixTuning, PromptTuning, PTuning
 from jaxpt.methods.transfer import shared_prompt, source_prompt
 from jaxpt.models.config import preset
@@ -39,6 +41,7 @@ def register() -> None:
   gin.external_configurable(source_prompt, module='jaxpt.methods')
   gin.external_configurable(shared_prompt, module='jaxpt.methods')
   gin.external_configurable(make_optimizer, module='jaxpt.train')
+  gin.external_configurable(mini_t5_path, module='jaxpt.assets')
   import jaxpt.cli.runs  # noqa: F401  (registers the runs)
   import tasks  # noqa: F401  (light; its gin-settable data directory)
   _registered = True

@@ -33,7 +33,10 @@ def _parser() -> argparse.ArgumentParser:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--debug', action='store_true', help='show Python tracebacks')
   sub = parser.add_subparsers(dest='command', required=True)
-  sub.add_parser('demo', help='run the embedded main job (offline)')
+  demo = sub.add_parser('demo', help='run the embedded main job (offline)')
+  demo.add_argument('--task', default='synthetic', choices=('synthetic', 'sst2', 'auto'),
+                    help='synthetic (default), sst2, or auto: SST-2 when its files are found')
+  demo.add_argument('--steps', type=int, default=None, help='prompt-tuning steps')
   summary = sub.add_parser('summary', help='load a checkpoint and print its summary')
   summary.add_argument('path', help='HF T5 directory, T5X checkpoint or jaxpt directory')
   for name, (_, text) in GIN_COMMANDS.items():
@@ -97,7 +100,7 @@ def main(argv: Optional[List[str]] = None) -> None:
   try:
     if args.command == 'demo':
       from jaxpt.cli import demo
-      demo.run()
+      demo.run(task=args.task, **({'steps': args.steps} if args.steps else {}))
     elif args.command == 'plan':
       from jaxpt.cli import plan
       rc = plan.run(args, bindings, argv)

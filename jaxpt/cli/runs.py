@@ -22,12 +22,14 @@ import numpy as np
 import jaxpt
 from jaxpt.evaluate.decoding import greedy_decode
 from jaxpt.evaluate.rank_classification import rank_classify
-from jaxpt.methods import PROMPT_ONLY, Backbone
+from jaxpt.methods import PROMPT_ONLY, Backbone, partition
 from jaxpt.models.config import T5Config
 from jaxpt.models.t5 import T5, init_params
 
 CONFIG_FILE = 'config.gin'
 OPERATIVE_CONFIG_FILE = 'operative_config.gin'
+TUNED_MODEL_DIR = 'model'
+"""Under MODEL_DIR: the tuned backbone (jaxpt model directory) of a run that trains it."""
 
 
 def _writable_dir(path: Optional[str], what: str = 'MODEL_DIR') -> str:
@@ -230,6 +232,10 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       label_smoothing=label_smoothing, z_loss=z_loss, partitioning=partitioning)
   with open(os.path.join(model_dir, OPERATIVE_CONFIG_FILE), 'w') as f:
     f.write(gin.operative_config_str())
+  if 'backbone' in partition(result.params, trainable_rules)[0]:  # the backbone was tuned
+    jaxpt.save_model(jaxpt.Model(model.config, result.params['backbone'],
+                                 source=f'{model_dir} step {result.step}'),
+                     os.path.join(model_dir, TUNED_MODEL_DIR))
   print(f'trained {result.step} steps; checkpoints and prompts in {model_dir}', flush=True)
   return {'step': result.step, 'model_dir': model_dir}
 
