@@ -167,8 +167,12 @@ def run(args: argparse.Namespace) -> List[str]:
   if args.data_dir:
     local.set_data_dir(args.data_dir)
   data_dir = local.get_data_dir()
+  # A backbone that ships its own SentencePiece model (jaxpt's mini T5) is read with it;
+  # otherwise the T5 vocabulary.
+  own_vocab = os.path.join(args.backbone, 'spiece.model')
   vocab_path = data_dir / 'vocab' / 't5_spiece.model'
-  vocab = Vocabulary(str(vocab_path) if vocab_path.is_file() else features.default_vocab_path())
+  vocab = Vocabulary(own_vocab if os.path.isfile(own_vocab) else
+                     str(vocab_path) if vocab_path.is_file() else features.default_vocab_path())
   if args.backbone == 'random:tiny':
     config = jaxpt.preset('t5_1_1', 'tiny')
     from jaxpt.models.t5 import init_params
@@ -176,6 +180,9 @@ def run(args: argparse.Namespace) -> List[str]:
     print('NOTE: random:tiny is a RANDOM backbone: the numbers only check the script.')
   else:
     model = jaxpt.load_model(args.backbone)
+  if vocab.vocab_size > model.config.vocab_size:
+    raise SystemExit(f'the vocabulary has {vocab.vocab_size} ids but the backbone embeds only '
+                     f'{model.config.vocab_size}: give the backbone its own spiece.model')
   cap = 64 if args.quick else None
   data = {b: load_task(b, vocab, args.input_length, args.target_length, cap,
                        16 if args.quick else args.eval_examples) for b in args.tasks}
