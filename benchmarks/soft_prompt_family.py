@@ -41,6 +41,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jaxpt  # noqa: E402
+from jaxpt.data.text_classification import encode_inputs  # noqa: E402
 from jaxpt.methods import Backbone, MultitaskPromptTuning, PrefixTuning, PromptTuning  # noqa: E402
 from jaxpt.methods.multitask import stack_teachers  # noqa: E402
 from jaxpt.methods.prompt import truncate_for_prompt  # noqa: E402
@@ -65,14 +66,6 @@ class TaskData:
   eval_examples: Dict[str, Any]
 
 
-def _tokens(rows: List[List[int]], length: int) -> np.ndarray:
-  out = np.zeros((len(rows), length), np.int32)
-  for i, row in enumerate(rows):
-    row = row[:length - 1] + [1]
-    out[i, :len(row)] = row
-  return out
-
-
 def load_task(benchmark: str, vocab: Any, input_length: int, target_length: int,
               max_train: Optional[int], max_eval: Optional[int]) -> TaskData:
   """Tokenized train split and validation examples of a task (no TensorFlow)."""
@@ -89,9 +82,11 @@ def load_task(benchmark: str, vocab: Any, input_length: int, target_length: int,
   ev = examples['validation']
   return TaskData(
       name=TASKS[benchmark],
-      train_inputs=_tokens([vocab.encode(r['inputs']) for r in train_rows], input_length),
-      train_targets=_tokens([vocab.encode(r['targets']) for r in train_rows], target_length),
-      eval_examples={'inputs': _tokens([vocab.encode(r['inputs']) for r in ev], input_length),
+      train_inputs=encode_inputs([r['inputs'] for r in train_rows], vocab.encode, input_length),
+      train_targets=encode_inputs([r['targets'] for r in train_rows], vocab.encode,
+                                  target_length),
+      eval_examples={'inputs': encode_inputs([r['inputs'] for r in ev], vocab.encode,
+                                             input_length),
                      'target_texts': [r['targets'] for r in ev], 'vocabulary': vocab})
 
 
