@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import itertools
 import os
 import sys
 import time
@@ -69,15 +70,9 @@ class TaskData:
 def load_task(benchmark: str, vocab: Any, input_length: int, target_length: int,
               max_train: Optional[int], max_eval: Optional[int]) -> TaskData:
   """Tokenized train split and validation examples of a task (no TensorFlow)."""
-  from tasks import formats, local
-  examples = {}
-  for split, cap in (('train', max_train), ('validation', max_eval)):
-    rows = []
-    for record in local.read_records(benchmark, split):
-      rows += formats.format_example(benchmark, record)
-      if cap and len(rows) >= cap:
-        break
-    examples[split] = rows[:cap] if cap else rows
+  from tasks import local
+  examples = {split: list(itertools.islice(local.local_examples(benchmark, split), cap or None))
+              for split, cap in (('train', max_train), ('validation', max_eval))}
   train_rows = examples['train']
   ev = examples['validation']
   return TaskData(
