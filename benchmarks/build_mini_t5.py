@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 
@@ -29,6 +30,9 @@ import jaxpt  # noqa: E402
 from jaxpt.data import pretraining  # noqa: E402
 from jaxpt.models.t5 import init_params  # noqa: E402
 from tasks import corpus, features  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from prompt_tuning_step import cpu_name  # noqa: E402
 
 SPAN_LENGTHS = {'inputs': 128, 'targets': 32}  # gin/runs/pretrain.gin
 PREFIX_LENGTHS = {'inputs': 96, 'targets': 96}  # gin/runs/lm_adapt.gin
@@ -60,14 +64,32 @@ COMMANDS = """\
 export JAXPT_DATA_DIR=../shared/data   # the corpus is built from it at run time
 python -m tasks.corpus --out_dir runs/corpus --vocab_size 8000   # manifest + spiece.model
 jaxpt train --gin_file=models/mini_t5/mini.gin --gin_file=methods/model_tuning.gin \\
-  --gin_file=runs/train.gin --gin_file=runs/pretrain.gin --gin.MODEL_DIR="'runs/mini_pretrain'" \\
-  --gin.TRAIN_STEPS={pretrain_steps} --gin.jaxpt.train.make_optimizer.decay_steps=1200
+  --gin_file=runs/train.gin --gin_file=runs/pretrain.gin --gin.MODEL_DIR="'runs/mini_pretrain'"
 jaxpt train --gin_file=models/mini_t5/mini.gin --gin_file=methods/model_tuning.gin \\
   --gin_file=runs/train.gin --gin_file=runs/pretrain.gin --gin_file=runs/lm_adapt.gin \\
-  --gin.MODEL_DIR="'runs/mini_lm_adapt'" --gin.INITIAL_CHECKPOINT_PATH="'runs/mini_pretrain/model'" \\
-  --gin.TRAIN_STEPS={lm_steps}
+  --gin.MODEL_DIR="'runs/mini_lm_adapt'" --gin.INITIAL_CHECKPOINT_PATH="'runs/mini_pretrain/model'"
 python benchmarks/build_mini_t5.py     # this directory, metadata.json and this README
 """
+
+
+def gin_value(operative_config: str, name: str) -> str:
+  """The value bound to `name` (a macro or `scope/fn.arg`) in an operative gin config."""
+  match = re.search(rf'^(?:\S+/)?{re.escape(name)} = (.+)$', operative_config, re.M)
+  if match is None:
+    raise KeyError(f'{name} is not in the operative config')
+  return match.group(1).strip()
+
+
+def recipe(run: dict) -> str:
+  """'batch B, AdamW lr L (warmup W, linear decay to 0 at D), ...' from a run's gin config."""
+  g = lambda name: gin_value(run['operative_config'], name)
+  lengths = eval(g('TASK_FEATURE_LENGTHS'), {})  # a dict literal written by gin
+  return (f"inputs {lengths['inputs']} / targets {lengths['targets']}, batch {g('BATCH_SIZE')}, "
+          f"{g('make_optimizer.name').strip(chr(39))} lr {float(g('make_optimizer.learning_rate')):g}"
+          f" (warmup {g('WARMUP_STEPS')}, linear decay to 0 at step "
+          f"{g('make_optimizer.decay_steps').replace('%TRAIN_STEPS', g('TRAIN_STEPS'))}), "
+          f"weight decay {float(g('make_optimizer.weight_decay')):g}, clip "
+          f"{float(g('make_optimizer.clip_norm')):g}")
 
 
 def readme(m: dict) -> str:
@@ -79,10 +101,6 @@ def readme(m: dict) -> str:
                           f"`{s['sha256'][:16]}` |" for s in m['corpus']['sources'])
   splits = m['corpus']['splits']
   pre, lm = m['pretrain'], m['lm_adapt']
-  commands = COMMANDS.format(pretrain_steps=pre['steps'], lm_steps=lm['steps'])
-  stopped = '' if pre['steps'] >= 1200 else (
-      f"The pretraining was stopped at the wall budget; `TRAIN_STEPS={pre['steps']}` with the "
-      f"decay still planned over 1200 steps gives the same run (resume is bit-identical). ")
   return f"""# jaxpt's mini T5 backbone
 
 A T5 1.1-style encoder-decoder (gated GELU, untied logits, d_model 128, 4 heads x 32, MLP 512,
@@ -96,15 +114,14 @@ little English.
   SeqIO adds 100 sentinels: {m['vocabulary']['ids_with_extra_ids']} ids, `<extra_id_0>` = 8099;
   the embedding has 8192 rows), sha256 `{m['vocabulary']['sha256'][:16]}...`. The `*_mini`
   SeqIO tasks use it.
-- Pretraining: `corpus_span_corruption_mini` (15% noise, mean span 3, inputs 128 / targets
-  32), batch 16, AdamW lr 3e-3 (warmup 100, linear decay planned over 1200 steps), weight
-  decay 0.01, clip 1.0: {pre['steps']} steps in {pre['wall_seconds'] / 60:.0f} min (final train
+- Pretraining (`gin/runs/pretrain.gin`): `corpus_span_corruption_mini` (15% noise, mean span
+  3), {recipe(pre)}: {pre['steps']} steps in {pre['wall_seconds'] / 60:.0f} min (final train
   loss {pre['final_train_loss']}).
-- LM adaptation: `corpus_prefix_lm_mini` (inputs 96 / targets 96), AdamW lr 1e-3 (warmup 20,
-  linear decay): {lm['steps']} steps in {lm['wall_seconds'] / 60:.0f} min (final train loss
+- LM adaptation (`gin/runs/lm_adapt.gin`): `corpus_prefix_lm_mini`, {recipe(lm)}:
+  {lm['steps']} steps in {lm['wall_seconds'] / 60:.0f} min (final train loss
   {lm['final_train_loss']}).
-- Machine: {m['machine']['processor'] or 'x86_64'}, {m['machine']['cpu_count']} CPU cores shared
-  with other jobs (runs under `nice -n 10`), {m['machine']['device']}, jax {m['machine']['jax']}.
+- Machine: {m['machine'].get('cpu') or m['machine']['processor'] or 'x86_64'},
+  {m['machine']['cpu_count']} CPU cores, {m['machine']['device']}, jax {m['machine']['jax']}.
 
 ## Held-out loss (nats per target token, EOS included)
 
@@ -129,9 +146,17 @@ documents, sha256 `{splits['validation']['sha256']}`.
 ## Reproduce
 
 ```bash
-{commands}```
+{COMMANDS}```
 
-{stopped}The operative gin configs are in `metadata.json`.
+The operative gin configs are in `metadata.json`. Rebuilding the vocabulary gives the same
+pieces and scores, but not the same file bytes: SentencePiece records the training paths in
+the model.
+
+## Prompt tuning on it
+
+The paper's comparison in miniature (SST-2 and RTE; prompt tuning, prefix tuning, full model
+tuning, peft) is in the repository README and `docs/paper_comparison/`, made by
+`benchmarks/paper_comparison.py`.
 """
 
 
@@ -166,6 +191,7 @@ def main() -> None:
       'lm_adapt': run_info(args.lm_adapt_dir),
       'corpus': corpus.manifest(),
       'machine': {'platform': platform.platform(), 'processor': platform.processor(),
+                  'cpu': cpu_name(),
                   'cpu_count': os.cpu_count(), 'jax': jax.__version__,
                   'device': str(jax.devices()[0])},
   }
