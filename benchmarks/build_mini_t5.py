@@ -14,6 +14,7 @@ The exact commands of the runs are in README.md there.
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import json
 import os
@@ -64,10 +65,12 @@ COMMANDS = """\
 export JAXPT_DATA_DIR=../shared/data   # the corpus is built from it at run time
 python -m tasks.corpus --out_dir runs/corpus --vocab_size 8000   # manifest + spiece.model
 jaxpt train --gin_file=models/mini_t5/mini.gin --gin_file=methods/model_tuning.gin \\
-  --gin_file=runs/train.gin --gin_file=runs/pretrain.gin --gin.MODEL_DIR="'runs/mini_pretrain'"
+  --gin_file=runs/train.gin --gin_file=runs/pretrain.gin --gin.MODEL_DIR="'runs/mini_pretrain'" \\
+  --gin.TRAIN_STEPS={pretrain_steps} --gin.jaxpt.train.make_optimizer.decay_steps={pretrain_decay}
 jaxpt train --gin_file=models/mini_t5/mini.gin --gin_file=methods/model_tuning.gin \\
   --gin_file=runs/train.gin --gin_file=runs/pretrain.gin --gin_file=runs/lm_adapt.gin \\
-  --gin.MODEL_DIR="'runs/mini_lm_adapt'" --gin.INITIAL_CHECKPOINT_PATH="'runs/mini_pretrain/model'"
+  --gin.MODEL_DIR="'runs/mini_lm_adapt'" --gin.INITIAL_CHECKPOINT_PATH="'runs/mini_pretrain/model'" \\
+  --gin.TRAIN_STEPS={lm_steps}
 python benchmarks/build_mini_t5.py     # this directory, metadata.json and this README
 """
 
@@ -80,15 +83,21 @@ def gin_value(operative_config: str, name: str) -> str:
   return match.group(1).strip()
 
 
-def recipe(run: dict) -> str:
-  """'batch B, AdamW lr L (warmup W, linear decay to 0 at D), ...' from a run's gin config."""
+def decay_steps(run: dict) -> int:
+  """The step a run's linear learning-rate decay reaches 0 (`%TRAIN_STEPS` resolved)."""
   g = lambda name: gin_value(run['operative_config'], name)
-  lengths = eval(g('TASK_FEATURE_LENGTHS'), {})  # a dict literal written by gin
+  return int(g('make_optimizer.decay_steps').replace('%TRAIN_STEPS', g('TRAIN_STEPS')))
+
+
+def recipe(run: dict) -> str:
+  """'batch B, adamw lr L (warmup W, linear decay to 0 at D), ...' from a run's gin config."""
+  g = lambda name: gin_value(run['operative_config'], name)
+  lengths = ast.literal_eval(g('TASK_FEATURE_LENGTHS'))
+  optimizer = ast.literal_eval(g('make_optimizer.name'))
   return (f"inputs {lengths['inputs']} / targets {lengths['targets']}, batch {g('BATCH_SIZE')}, "
-          f"{g('make_optimizer.name').strip(chr(39))} lr {float(g('make_optimizer.learning_rate')):g}"
-          f" (warmup {g('WARMUP_STEPS')}, linear decay to 0 at step "
-          f"{g('make_optimizer.decay_steps').replace('%TRAIN_STEPS', g('TRAIN_STEPS'))}), "
-          f"weight decay {float(g('make_optimizer.weight_decay')):g}, clip "
+          f"{optimizer} lr "
+          f"{float(g('make_optimizer.learning_rate')):g} (warmup {g('WARMUP_STEPS')}, linear "
+          f"decay to 0 at step {decay_steps(run)}), weight decay {float(g('make_optimizer.weight_decay')):g}, clip "
           f"{float(g('make_optimizer.clip_norm')):g}")
 
 
@@ -101,6 +110,8 @@ def readme(m: dict) -> str:
                           f"`{s['sha256'][:16]}` |" for s in m['corpus']['sources'])
   splits = m['corpus']['splits']
   pre, lm = m['pretrain'], m['lm_adapt']
+  commands = COMMANDS.format(pretrain_steps=pre['steps'], pretrain_decay=decay_steps(pre),
+                             lm_steps=lm['steps'])
   return f"""# jaxpt's mini T5 backbone
 
 A T5 1.1-style encoder-decoder (gated GELU, untied logits, d_model 128, 4 heads x 32, MLP 512,
@@ -146,7 +157,7 @@ documents, sha256 `{splits['validation']['sha256']}`.
 ## Reproduce
 
 ```bash
-{COMMANDS}```
+{commands}```
 
 The operative gin configs are in `metadata.json`. Rebuilding the vocabulary gives the same
 pieces and scores, but not the same file bytes: SentencePiece records the training paths in
@@ -155,8 +166,8 @@ the model.
 ## Prompt tuning on it
 
 The paper's comparison in miniature (SST-2 and RTE; prompt tuning, prefix tuning, full model
-tuning, peft) is in the repository README and `docs/paper_comparison/`, made by
-`benchmarks/paper_comparison.py`.
+tuning, peft) is made by `benchmarks/paper_comparison.py`; its results are in the repository
+README.
 """
 
 

@@ -203,11 +203,11 @@ def markdown(rows: Sequence[Dict]) -> str:
   return '\n'.join(lines)
 
 
-def runs_for(data, steps_lr: float) -> List[Tuple]:
+def runs_for(data, prompt_lr: float) -> List[Tuple]:
   """(label, method, trainable rules, optimizer) of every jaxpt row."""
   runs = [(f'prompt tuning P={p}, {init}', PromptTuning(
       length=p, initializer=init, class_labels=data['words'] if init == 'class_labels' else ()),
-           PROMPT_ONLY, make_optimizer('adamw', steps_lr, weight_decay=0.0))
+           PROMPT_ONLY, make_optimizer('adamw', prompt_lr, weight_decay=0.0))
           for p in (20, 100) for init in INITS]
   runs += [('prefix tuning (Li & Liang, MLP) P=10', PrefixTuning(length=10), PROMPT_ONLY,
             make_optimizer('adamw', 5e-3, weight_decay=0.0)),
@@ -265,8 +265,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(markdown(rows[-1:]).splitlines()[-1], flush=True)
   backbone_name = os.path.basename(os.path.normpath(args.backbone))
   header = (f'{args.steps} steps x batch {BATCH} per run; backbone {backbone_name} '
-            f'({model.num_params():,} parameters) frozen except in full model tuning; prompt tuning: Adam lr {args.prompt_lr}; validation accuracy '
-            f'by rank classification. Machine: {machine}.')
+            f'({model.num_params():,} parameters) frozen except in full model tuning; '
+            f'prompt tuning: Adam lr {args.prompt_lr}; validation accuracy by rank '
+            f'classification. Machine: {machine}.')
   table = markdown(rows)
   os.makedirs(args.out_dir, exist_ok=True)
   with open(os.path.join(args.out_dir, 'table.md'), 'w') as f:
