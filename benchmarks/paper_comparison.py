@@ -8,8 +8,10 @@ paper's three inits: uniform, sampled vocabulary, class labels), prefix tuning
 (Li & Liang, MLP reparameterization, length 10), full model tuning, and the
 same prompt tuning (P=20, class-label init) in Hugging Face peft on the same
 weights exported by `jaxpt.save_hf`, from the same initial prompt, on the
-same batches, with the same optimizer (Adam via optax / torch.optim). Every
-jaxpt run trains `--steps` steps of batch 32 through `jaxpt.train.loop.train`;
+same batches, with the same optimizer (Adam via optax / torch.optim) and the
+same learning rate schedule (linear decay to 0 over the run unless
+`--no_lr_decay`). Every run of a benchmark trains its `--steps` steps of batch
+32 (jaxpt through `jaxpt.train.loop.train`);
 accuracy is rank classification over the label words on the whole validation
 split, with a Wilson 95% interval and the margin over the majority class.
 
@@ -89,6 +91,17 @@ def load(benchmark: str, encode) -> Dict[str, object]:
   }
 
 
+def parse_steps(spec: str, benchmarks: Sequence[str]) -> Dict[str, int]:
+  """'500' (every benchmark) or 'sst2=3000,rte=300' -> {benchmark: steps}."""
+  if '=' not in spec:
+    return {b: int(spec) for b in benchmarks}
+  steps = {k.strip(): int(v) for k, v in (item.split('=') for item in spec.split(','))}
+  missing = [b for b in benchmarks if b not in steps]
+  if missing:
+    raise ValueError(f'--steps {spec!r} gives no steps for {missing}')
+  return steps
+
+
 def jaxpt_run(model, data, method, rules, optimizer, steps: int, seed: int = 0) -> Dict:
   """One jaxpt run: accuracy, trainable count, seconds, ms/step, predictions, initial params."""
   backbone = Backbone(model.config, model.params['token_embedder']['embedding'], data['encode'])
@@ -115,8 +128,8 @@ def jaxpt_run(model, data, method, rules, optimizer, steps: int, seed: int = 0) 
 
 
 def peft_run(hf_dir: str, data, init_prompt: np.ndarray, steps: int, lr: float,
-             seed: int = 0) -> Dict:
-  """peft PROMPT_TUNING on the exported weights: same init, batches and optimizer (Adam)."""
+             lr_decay: bool, seed: int = 0) -> Dict:
+  """peft PROMPT_TUNING on the exported weights: same init, batches, optimizer (Adam), schedule."""
   import peft
   import torch
   import transformers
@@ -131,6 +144,9 @@ def peft_run(hf_dir: str, data, init_prompt: np.ndarray, steps: int, lr: float,
     weight[:length] = torch.tensor(init_prompt)
   params = [p for p in model.parameters() if p.requires_grad]
   optimizer = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+  # optax.linear_schedule(lr, 0, steps): step k uses lr * (1 - k / steps).
+  scheduler = torch.optim.lr_scheduler.LambdaLR(
+      optimizer, (lambda k: 1.0 - k / steps) if lr_decay else (lambda k: 1.0))
   batches = ClassificationBatches(data['train_inputs'], data['train_labels'], data['table'],
                                   BATCH, seed)
   model.train()
@@ -146,6 +162,7 @@ def peft_run(hf_dir: str, data, init_prompt: np.ndarray, steps: int, lr: float,
                   attention_mask=(b['encoder_input_tokens'] != 0).long(), labels=labels)
       out.loss.backward()
       optimizer.step()
+      scheduler.step()
       optimizer.zero_grad()
       times.append(time.perf_counter() - t)
     seconds = time.perf_counter() - start
@@ -203,22 +220,26 @@ def markdown(rows: Sequence[Dict]) -> str:
   return '\n'.join(lines)
 
 
-def runs_for(data, prompt_lr: float) -> List[Tuple]:
+def runs_for(data, prompt_lr: float, decay_steps: Optional[int]) -> List[Tuple]:
   """(label, method, trainable rules, optimizer) of every jaxpt row."""
+  adam = lambda lr: make_optimizer('adamw', lr, weight_decay=0.0, decay_steps=decay_steps)
   runs = [(f'prompt tuning P={p}, {init}', PromptTuning(
       length=p, initializer=init, class_labels=data['words'] if init == 'class_labels' else ()),
-           PROMPT_ONLY, make_optimizer('adamw', prompt_lr, weight_decay=0.0))
+           PROMPT_ONLY, adam(prompt_lr))
           for p in (20, 100) for init in INITS]
   runs += [('prefix tuning (Li & Liang, MLP) P=10', PrefixTuning(length=10), PROMPT_ONLY,
-            make_optimizer('adamw', 5e-3, weight_decay=0.0)),
-           ('full model tuning', ModelTuning(), EVERYTHING,
-            make_optimizer('adamw', 1e-3, weight_decay=0.0))]
+            adam(5e-3)),
+           ('full model tuning', ModelTuning(), EVERYTHING, adam(1e-3))]
   return runs
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--steps', type=int, default=500, help='training steps of every run')
+  parser.add_argument('--steps', default='sst2=2000,rte=200',
+                      help="training steps of every run: one number, or per benchmark "
+                           "('sst2=2000,rte=200')")
+  parser.add_argument('--no_lr_decay', action='store_true',
+                      help='constant learning rates (default: linear decay to 0 over the run)')
   parser.add_argument('--prompt_lr', type=float, default=0.3,
                       help='Adam learning rate of prompt tuning (jaxpt and peft)')
   parser.add_argument('--benchmarks', default='sst2,rte')
@@ -245,41 +266,53 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   jaxpt.save_hf(model, hf_dir)
   rows: List[Dict] = []
   only = [k for k in args.only.split('|') if k]
-  for benchmark in args.benchmarks.split(','):
+  benchmarks = args.benchmarks.split(',')
+  steps = parse_steps(args.steps, benchmarks)
+  schedule = 'constant' if args.no_lr_decay else 'decaying linearly to 0 over the run'
+  header = (f'Steps per run (batch {BATCH}): '
+            f'{", ".join(f"{b} {steps[b]}" for b in benchmarks)}; backbone '
+            f'{os.path.basename(os.path.normpath(args.backbone))} '
+            f'({model.num_params():,} parameters) frozen except in full model tuning; Adam, '
+            f'learning rates {schedule} (prompt tuning {args.prompt_lr}, prefix 5e-3, full '
+            f'model 1e-3); validation accuracy by rank classification. Machine: {machine}.')
+
+  def write(rows: Sequence[Dict]) -> str:
+    """table.md, results.json and the plot of the rows so far (a long run loses nothing)."""
+    table = markdown(rows)
+    os.makedirs(args.out_dir, exist_ok=True)
+    with open(os.path.join(args.out_dir, 'table.md'), 'w') as f:
+      f.write(header + '\n\n' + table + '\n')
+    with open(os.path.join(args.out_dir, 'results.json'), 'w') as f:
+      json.dump({'steps': steps, 'batch': BATCH, 'prompt_lr': args.prompt_lr,
+                 'lr_schedule': schedule, 'machine': machine,
+                 'wall_seconds': round(time.perf_counter() - t0), 'rows': rows}, f, indent=1)
+    if rows:
+      with open(os.path.join(args.out_dir, 'accuracy_vs_parameters.svg'), 'w') as f:
+        f.write(svg(rows, 'mini T5 frozen: validation accuracy vs trainable parameters'))
+    return table
+
+  for benchmark in benchmarks:
     data = load(benchmark, encode)
     data.update(encode=encode, vocab=vocab)
     print(f'{benchmark}: train {len(data["train_labels"]):,}, validation '
           f'{len(data["val_labels"]):,}, majority class {data["majority"]:.1f}%', flush=True)
-    for label, method, rules, optimizer in runs_for(data, args.prompt_lr):
+    decay = None if args.no_lr_decay else steps[benchmark]
+    for label, method, rules, optimizer in runs_for(data, args.prompt_lr, decay):
       if only and not any(k in label for k in only):
         continue
-      run = jaxpt_run(model, data, method, rules, optimizer, args.steps)
+      run = jaxpt_run(model, data, method, rules, optimizer, steps[benchmark])
       rows.append(row(benchmark, label, run, data))
+      write(rows)
       print(markdown(rows[-1:]).splitlines()[-1], flush=True)
       if label == PEFT_ROW and not args.no_peft:
-        peft = peft_run(hf_dir, data, np.asarray(run['init']['prompt']), args.steps,
-                        args.prompt_lr)
+        peft = peft_run(hf_dir, data, np.asarray(run['init']['prompt']), steps[benchmark],
+                        args.prompt_lr, not args.no_lr_decay)
         rows.append(row(benchmark, f'peft {label} (same init, batches, Adam)', peft, data))
         rows[-1]['agreement_with_jaxpt'] = float(
             (peft['predictions'] == run['predictions']).mean())
+        write(rows)
         print(markdown(rows[-1:]).splitlines()[-1], flush=True)
-  backbone_name = os.path.basename(os.path.normpath(args.backbone))
-  header = (f'{args.steps} steps x batch {BATCH} per run; backbone {backbone_name} '
-            f'({model.num_params():,} parameters) frozen except in full model tuning; '
-            f'prompt tuning: Adam lr {args.prompt_lr}; validation accuracy by rank '
-            f'classification. Machine: {machine}.')
-  table = markdown(rows)
-  os.makedirs(args.out_dir, exist_ok=True)
-  with open(os.path.join(args.out_dir, 'table.md'), 'w') as f:
-    f.write(header + '\n\n' + table + '\n')
-  with open(os.path.join(args.out_dir, 'results.json'), 'w') as f:
-    json.dump({'steps': args.steps, 'batch': BATCH, 'prompt_lr': args.prompt_lr,
-               'machine': machine, 'wall_seconds': round(time.perf_counter() - t0),
-               'rows': rows}, f, indent=1)
-  if rows:
-    with open(os.path.join(args.out_dir, 'accuracy_vs_parameters.svg'), 'w') as f:
-      f.write(svg(rows, f'mini T5 frozen, {args.steps} steps: validation accuracy vs '
-                  f'trainable parameters'))
+  table = write(rows)
   print(header + '\n\n' + table)
   print(f'wrote {args.out_dir}/table.md, results.json, accuracy_vs_parameters.svg '
         f'({time.perf_counter() - t0:.0f} s)')

@@ -33,6 +33,14 @@ def test_wilson_interval_matches_the_closed_form():
   assert low == pytest.approx(0.0, abs=1e-9) and 0 < high < 20
 
 
+def test_steps_are_one_number_or_one_per_benchmark():
+  parse_steps = _paper_comparison().parse_steps
+  assert parse_steps('500', ['sst2', 'rte']) == {'sst2': 500, 'rte': 500}
+  assert parse_steps('sst2=2000,rte=200', ['sst2', 'rte']) == {'sst2': 2000, 'rte': 200}
+  with pytest.raises(ValueError, match=r"no steps for \['rte'\]"):
+    parse_steps('sst2=2000', ['sst2', 'rte'])
+
+
 def test_plot_is_svg_with_a_point_per_row_and_the_majority_line():
   rows = [{'task': t, 'method': m, 'trainable': n, 'accuracy': a, 'majority': 50.9}
           for t in ('sst2', 'rte')
@@ -70,7 +78,10 @@ def test_the_script_runs_end_to_end_and_writes_its_outputs(shared_data, tmp_path
   jaxpt_row, peft_row = result['rows']
   assert jaxpt_row['n'] == peft_row['n'] == 872 and jaxpt_row['trainable'] == 20 * 128
   assert peft_row['trainable'] == 2 * 20 * 128  # peft keeps 2P rows for T5
-  # Same weights, init, batches and optimizer: after 4 steps the two agree almost everywhere.
+  assert result['steps'] == {'sst2': 4}
+  assert result['lr_schedule'] == 'decaying linearly to 0 over the run'
+  # Same weights, init, batches, optimizer and schedule (a constant learning rate on one side
+  # moves the loss by far more than 1e-3): after 4 steps the two agree almost everywhere.
   assert peft_row['agreement_with_jaxpt'] > 0.97
   assert abs(jaxpt_row['final_train_loss'] - peft_row['final_train_loss']) < 1e-3
   assert 'GFLOP/s' in result['machine']
