@@ -88,3 +88,12 @@ def test_the_script_runs_end_to_end_and_writes_its_outputs(shared_data, tmp_path
   table = (out / 'table.md').read_text()
   assert '| sst2 | majority class | 0 | - | - | 50.9 | - |' in table
   ET.fromstring((out / 'accuracy_vs_parameters.svg').read_text())
+
+
+def test_readme_table_is_the_scripts_recorded_output():
+  """The README's comparison table is `table.md` of the recorded run, byte for byte."""
+  recorded = (REPO_ROOT / 'docs' / 'paper_comparison.md').read_text()
+  header, table = recorded.split('\n\n', 1)
+  assert header.startswith('Steps per run (batch 32): sst2 2000, rte 200;') and 'GFLOP/s' in header
+  assert table.strip() in (REPO_ROOT / 'README.md').read_text()
+  ET.fromstring((REPO_ROOT / 'docs' / 'paper_comparison.svg').read_text())
