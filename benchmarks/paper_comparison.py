@@ -53,7 +53,7 @@ from jaxpt.data.text_classification import (ClassificationBatches, encode_inputs
 from jaxpt.methods import (EVERYTHING, PROMPT_ONLY, Backbone, ModelTuning,  # noqa: E402
                            PrefixTuning, PromptTuning, partition)
 from jaxpt.train.loop import train  # noqa: E402
-from jaxpt.train.optim import make_optimizer  # noqa: E402
+from jaxpt.train.optim import make_optimizer, schedule  # noqa: E402
 from prompt_tuning_step import cpu_name, load_average, versions, worker_matmul  # noqa: E402
 
 TEXT_LENGTHS = {'sst2': 48, 'rte': 128}  # encoder text tokens; a prompt comes on top
@@ -128,7 +128,7 @@ def jaxpt_run(model, data, method, rules, optimizer, steps: int, seed: int = 0) 
 
 
 def peft_run(hf_dir: str, data, init_prompt: np.ndarray, steps: int, lr: float,
-             lr_decay: bool, seed: int = 0) -> Dict:
+             decay_steps: Optional[int], seed: int = 0) -> Dict:
   """peft PROMPT_TUNING on the exported weights: same init, batches, optimizer (Adam), schedule."""
   import peft
   import torch
@@ -144,9 +144,10 @@ def peft_run(hf_dir: str, data, init_prompt: np.ndarray, steps: int, lr: float,
     weight[:length] = torch.tensor(init_prompt)
   params = [p for p in model.parameters() if p.requires_grad]
   optimizer = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-8)
-  # optax.linear_schedule(lr, 0, steps): step k uses lr * (1 - k / steps).
-  scheduler = torch.optim.lr_scheduler.LambdaLR(
-      optimizer, (lambda k: 1.0 - k / steps) if lr_decay else (lambda k: 1.0))
+  # jaxpt's own schedule, evaluated once for every step, drives torch's learning rate.
+  rates = schedule(lr, decay_steps=decay_steps)(np.arange(steps + 1))  # a constant is a scalar
+  factors = np.broadcast_to(np.asarray(rates), (steps + 1,)) / lr
+  scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: float(factors[k]))
   batches = ClassificationBatches(data['train_inputs'], data['train_labels'], data['table'],
                                   BATCH, seed)
   model.train()
@@ -268,12 +269,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   only = [k for k in args.only.split('|') if k]
   benchmarks = args.benchmarks.split(',')
   steps = parse_steps(args.steps, benchmarks)
-  schedule = 'constant' if args.no_lr_decay else 'decaying linearly to 0 over the run'
+  lr_schedule = 'constant' if args.no_lr_decay else 'decaying linearly to 0 over the run'
   header = (f'Steps per run (batch {BATCH}): '
             f'{", ".join(f"{b} {steps[b]}" for b in benchmarks)}; backbone '
             f'{os.path.basename(os.path.normpath(args.backbone))} '
             f'({model.num_params():,} parameters) frozen except in full model tuning; Adam, '
-            f'learning rates {schedule} (prompt tuning {args.prompt_lr}, prefix 5e-3, full '
+            f'learning rates {lr_schedule} (prompt tuning {args.prompt_lr}, prefix 5e-3, full '
             f'model 1e-3); validation accuracy by rank classification. Machine: {machine}.')
 
   def write(rows: Sequence[Dict]) -> str:
@@ -284,7 +285,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
       f.write(header + '\n\n' + table + '\n')
     with open(os.path.join(args.out_dir, 'results.json'), 'w') as f:
       json.dump({'steps': steps, 'batch': BATCH, 'prompt_lr': args.prompt_lr,
-                 'lr_schedule': schedule, 'machine': machine,
+                 'lr_schedule': lr_schedule, 'machine': machine,
                  'wall_seconds': round(time.perf_counter() - t0), 'rows': rows}, f, indent=1)
     if rows:
       with open(os.path.join(args.out_dir, 'accuracy_vs_parameters.svg'), 'w') as f:
@@ -306,7 +307,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
       print(markdown(rows[-1:]).splitlines()[-1], flush=True)
       if label == PEFT_ROW and not args.no_peft:
         peft = peft_run(hf_dir, data, np.asarray(run['init']['prompt']), steps[benchmark],
-                        args.prompt_lr, not args.no_lr_decay)
+                        args.prompt_lr, decay)
         rows.append(row(benchmark, f'peft {label} (same init, batches, Adam)', peft, data))
         rows[-1]['agreement_with_jaxpt'] = float(
             (peft['predictions'] == run['predictions']).mean())
