@@ -12,8 +12,9 @@ from jaxpt.methods.multitask import MultitaskPromptTuning
 from jaxpt.methods.prefix import PrefixTuning, deep_prompt_tuning
 from jaxpt.methods.prompt import PromptTuning
 from jaxpt.methods.ptuning import PTuning, Template
+from jaxpt.methods.registry import METHODS, method_class
 from jaxpt.methods.split import EVERYTHING, PROMPT_ONLY, combine, partition
 
-__all__ = ['Backbone', 'EVERYTHING', 'Method', 'ModelTuning', 'MultitaskPromptTuning',
+__all__ = ['Backbone', 'EVERYTHING', 'METHODS', 'Method', 'ModelTuning', 'MultitaskPromptTuning',
            'PROMPT_ONLY', 'PTuning', 'PrefixTuning', 'PromptTuning', 'SoftInputs', 'Template',
-           'combine', 'deep_prompt_tuning', 'partition']
+           'combine', 'deep_prompt_tuning', 'method_class', 'partition']

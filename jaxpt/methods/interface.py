@@ -38,13 +38,39 @@ class Backbone(NamedTuple):
 
 
 class Method(Protocol):
-  """A soft-prompt method: static hyperparameters, pure functions over params."""
+  """A soft-prompt method: static hyperparameters, pure functions over params.
+
+  Every capability is a declared attribute; callers read them, never probe
+  with `hasattr`:
+
+    name: the registry key (`jaxpt.methods.registry`), also the manifest's.
+    prompt_length: encoder positions the method occupies (0 for prefixes and
+      for templates, whose prompt rows sit inside the input).
+    places_prompt: the prompt rows go where the input's markers are (negative
+      ids -1..-length, a P-tuning template) instead of in front.
+    prefix_position: how prefix keys see relative positions ('none', 'offset').
+    num_prompts: prompts kept side by side, picked per example by `task_ids`
+      (1: the method reads no task ids).
+    has_prompt_vectors: `task_prompts` gives [num_prompts, L, d] embeddings
+      (what prompt transfer and similarity compare).
+  """
 
   name: str
 
   @property
-  def prompt_length(self) -> int:
-    """Encoder positions the method occupies (0 for prefixes), for truncation."""
+  def prompt_length(self) -> int: ...
+
+  @property
+  def places_prompt(self) -> bool: ...
+
+  @property
+  def prefix_position(self) -> str: ...
+
+  @property
+  def num_prompts(self) -> int: ...
+
+  @property
+  def has_prompt_vectors(self) -> bool: ...
 
   def init(self, rng: Array, backbone: Backbone) -> Dict[str, Any]:
     """Fresh trainable parameters."""
@@ -55,3 +81,6 @@ class Method(Protocol):
 
   def merge(self, params: Dict[str, Any]) -> Dict[str, Any]:
     """Parameters with any reparameterization folded in (same outputs)."""
+
+  def task_prompts(self, params: Dict[str, Any]) -> Array:
+    """Every prompt as [num_prompts, L, d] (only when `has_prompt_vectors`)."""

@@ -19,9 +19,11 @@ from jaxpt.models.config import T5Config
 class ModelTuning:
   name: str = 'model_tuning'
 
-  @property
-  def prompt_length(self) -> int:
-    return 0
+  prompt_length = 0
+  places_prompt = False
+  prefix_position = 'none'
+  num_prompts = 1
+  has_prompt_vectors = False
 
   def init(self, rng: jax.Array, backbone: Backbone) -> Dict[str, Any]:
     return {}
@@ -32,3 +34,6 @@ class ModelTuning:
 
   def merge(self, params: Dict[str, Any]) -> Dict[str, Any]:
     return params
+
+  def task_prompts(self, params: Dict[str, Any]) -> jax.Array:
+    raise ValueError('model_tuning has no prompt vectors')

@@ -77,9 +77,18 @@ class MultitaskPromptTuning:
     object.__setattr__(self, 'class_labels', tuple(self.class_labels))
     self._shared_method()  # validates length and initializer
 
+  places_prompt = False
+  prefix_position = 'none'
+  has_prompt_vectors = True
+
   @property
   def prompt_length(self) -> int:
     return self.length
+
+  @property
+  def num_prompts(self) -> int:
+    """The paper's K: one composed prompt per task, picked by `task_ids`."""
+    return self.num_tasks
 
   def _shared_method(self) -> PromptTuning:
     return PromptTuning(length=self.length, initializer=self.initializer, scale=self.scale,

@@ -75,9 +75,9 @@ class PrefixTuning:
     if self.num_prompts <= 0:
       raise ValueError(f'num_prompts must be positive, got {self.num_prompts}')
 
-  @property
-  def prompt_length(self) -> int:
-    return 0
+  prompt_length = 0
+  places_prompt = False
+  has_prompt_vectors = False
 
   @property
   def prefix_position(self) -> str:
@@ -130,6 +130,9 @@ class PrefixTuning:
       else:
         out[kind] = reparameterize(p)
     return out
+
+  def task_prompts(self, params: Dict[str, Any]) -> Array:
+    raise ValueError('prefix_tuning keeps keys and values, not prompt vectors')
 
   def merge(self, params: Dict[str, Any]) -> Dict[str, Any]:
     return {kind: {'prefix': flat} for kind, flat in self.flat_prefixes(params).items()}

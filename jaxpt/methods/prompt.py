@@ -92,6 +92,10 @@ class PromptTuning:
       raise ValueError(f'num_prompts must be positive, got {self.num_prompts}')
     object.__setattr__(self, 'class_labels', tuple(self.class_labels))
 
+  places_prompt = False
+  prefix_position = 'none'
+  has_prompt_vectors = True
+
   @property
   def prompt_length(self) -> int:
     return self.length
@@ -143,6 +147,10 @@ class PromptTuning:
 
   def merge(self, params: Dict[str, Any]) -> Dict[str, Any]:
     return params
+
+  def task_prompts(self, params: Dict[str, Any]) -> Array:
+    prompt = jnp.asarray(params['prompt'], jnp.float32)
+    return prompt[None] if prompt.ndim == 2 else prompt
 
 
 def check_task_ids(task_ids: Any, num_tasks: int) -> None:

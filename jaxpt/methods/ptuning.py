@@ -261,6 +261,10 @@ class PTuning:
   def parsed_template(self) -> Optional[Template]:
     return Template.parse(self.template) if self.template else None
 
+  prefix_position = 'none'
+  num_prompts = 1
+  has_prompt_vectors = False
+
   @property
   def places_prompt(self) -> bool:
     """True when the prompt goes where the input's markers are (a template)."""
@@ -306,3 +310,7 @@ class PTuning:
 
   def merge(self, params: Dict[str, Any]) -> Dict[str, Any]:
     return {'prompt': self.prompt(params)}
+
+  def task_prompts(self, params: Dict[str, Any]) -> Array:
+    raise ValueError('p_tuning prompts come from an encoder; merge them into prompt_tuning '
+                     'to transfer or compare them')
