@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jaxpt  # noqa: E402
 from jaxpt.data import pretraining  # noqa: E402
+from jaxpt.evaluate import held_out  # noqa: E402
 from jaxpt.models.t5 import init_params  # noqa: E402
 from tasks import corpus, features  # noqa: E402
 
@@ -43,9 +44,9 @@ VOCAB_SIZE = 8100  # 8000 pieces + 100 extra ids
 def held_out_losses(model: jaxpt.Model, documents) -> dict:
   """Span-corruption and prefix-LM loss on the corpus's held-out split (seed 0)."""
   return {
-      'span_corruption': pretraining.mean_loss(model, list(pretraining.objective_batches(
+      'span_corruption': held_out.mean_loss(model, list(pretraining.objective_batches(
           documents, 'span_corruption', VOCAB_SIZE, SPAN_LENGTHS, 32))),
-      'prefix_lm': pretraining.mean_loss(model, list(pretraining.objective_batches(
+      'prefix_lm': held_out.mean_loss(model, list(pretraining.objective_batches(
           documents, 'prefix_lm', VOCAB_SIZE, PREFIX_LENGTHS, 32))),
   }
 

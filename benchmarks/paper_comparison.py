@@ -47,11 +47,12 @@ sys.path.insert(0, HERE)
 import jaxpt  # noqa: E402
 from accuracy_plot import svg  # noqa: E402
 from jaxpt.assets import mini_t5_path  # noqa: E402
-from jaxpt.cli.runs import score_split  # noqa: E402
 from jaxpt.data.text_classification import (ClassificationBatches, encode_inputs,  # noqa: E402
                                             label_table)
 from jaxpt.methods import (EVERYTHING, PROMPT_ONLY, Backbone, ModelTuning,  # noqa: E402
                            PrefixTuning, PromptTuning, partition)
+from jaxpt.evaluate.splits import score_split  # noqa: E402
+from jaxpt.prompted.base import prompted_model  # noqa: E402
 from jaxpt.train.loop import train  # noqa: E402
 from jaxpt.train.optim import make_optimizer, schedule  # noqa: E402
 from prompt_tuning_step import cpu_name, load_average, versions, worker_matmul  # noqa: E402
@@ -109,7 +110,7 @@ def jaxpt_run(model, data, method, rules, optimizer, steps: int, seed: int = 0) 
   batches = ClassificationBatches(data['train_inputs'], data['train_labels'], data['table'],
                                   BATCH, seed)
   start = time.perf_counter()
-  result = train(model.config, model.params, method, method_params, batches,
+  result = train(prompted_model(model.config, method), model.params, method_params, batches,
                  optimizer=optimizer, num_steps=steps, rng=jax.random.key(seed + 2),
                  trainable_rules=rules, print_fn=None, log_every=max(steps // 10, 1))
   jax.block_until_ready(result.state)
@@ -118,7 +119,7 @@ def jaxpt_run(model, data, method, rules, optimizer, steps: int, seed: int = 0) 
   trainable = partition({'backbone': model.params, 'method': method_params}, rules)[0]
   examples = {'inputs': data['val_inputs'], 'target_texts': data['val_targets'],
               'vocabulary': data['vocab']}
-  scored = score_split(model.config, method, result.params, data['name'], examples,
+  scored = score_split(prompted_model(model.config, method), result.params, data['name'], examples,
                        batch_size=64)
   return {'predictions': np.asarray([data['words'].index(t) for t in scored['predictions']]),
           'trainable': int(sum(x.size for x in jax.tree.leaves(trainable))),

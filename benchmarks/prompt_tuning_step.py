@@ -199,6 +199,7 @@ def worker_jaxpt(args, full: bool) -> dict:
   import jaxpt
   from jaxpt.methods import EVERYTHING, PROMPT_ONLY, Backbone, PromptTuning, partition
   from jaxpt.train.optim import make_optimizer
+  from jaxpt.prompted.base import prompted_model
   from jaxpt.train.step import init_state, make_train_step
 
   rss_runtime = peak_rss_mib()  # the framework imported, nothing loaded yet
@@ -222,7 +223,7 @@ def worker_jaxpt(args, full: bool) -> dict:
            'decoder_input_tokens': jnp.asarray(dec, jnp.int32),
            'decoder_target_tokens': jnp.asarray(tgt, jnp.int32)}
   rng = jax.random.key(1)
-  step = jax.jit(make_train_step(config, method, optimizer), donate_argnums=0)
+  step = jax.jit(make_train_step(prompted_model(config, method), optimizer), donate_argnums=0)
 
   t = time.perf_counter()
   compiled = step.lower(state, frozen, batch, rng).compile()

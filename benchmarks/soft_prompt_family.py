@@ -46,8 +46,9 @@ from jaxpt.data.text_classification import encode_inputs  # noqa: E402
 from jaxpt.methods import Backbone, MultitaskPromptTuning, PrefixTuning, PromptTuning  # noqa: E402
 from jaxpt.methods.multitask import stack_teachers  # noqa: E402
 from jaxpt.methods.prompt import truncate_for_prompt  # noqa: E402
-from jaxpt.methods.transfer import rank_by_similarity, LibraryPrompt  # noqa: E402
+from jaxpt.checkpoints.transfer import rank_by_similarity, LibraryPrompt  # noqa: E402
 from jaxpt.train.distill import Distillation  # noqa: E402
+from jaxpt.prompted.base import prompted_model  # noqa: E402
 from jaxpt.train.loop import train  # noqa: E402
 from jaxpt.train.optim import make_optimizer  # noqa: E402
 
@@ -111,10 +112,10 @@ def batches(tasks: List[TaskData], batch_size: int, seed: int, prompt_length: in
 
 def accuracy(model: Any, method: Any, method_params: Any, task: TaskData,
              input_length: int) -> float:
-  from jaxpt.cli.runs import score_split
+  from jaxpt.evaluate.splits import score_split
   examples = dict(task.eval_examples, inputs=truncate_for_prompt(
       task.eval_examples['inputs'], method.prompt_length, input_length))
-  out = score_split(model.config, method, {'backbone': model.params, 'method': method_params},
+  out = score_split(prompted_model(model.config, method), {'backbone': model.params, 'method': method_params},
                     task.name, examples)
   return float(out['metrics']['accuracy'])
 
@@ -144,7 +145,7 @@ class Runner:
     params = method.init(jax.random.key(seed), self.backbone) if params is None else params
     data = batches(tasks, args.batch_size, seed, method.prompt_length, args.input_length,
                    with_task_ids=len(tasks) > 1)
-    result = train(self.model.config, self.model.params, method, params, data,
+    result = train(prompted_model(self.model.config, method), self.model.params, params, data,
                    optimizer=self.optimizers[kind], num_steps=steps,
                    rng=jax.random.key(seed + 1), print_fn=None, log_every=max(steps, 1),
                    **kwargs)

@@ -1,4 +1,4 @@
-"""T5X-style partitioning: a ('data', 'model') mesh, logical axis rules, sharded steps.
+"""T5X-style partitioning: a ('data', 'model') mesh, logical axis rules, shardings.
 
 Every backbone parameter carries T5X logical axis names (`jaxpt.models.t5.logical_axes`:
 'vocab', 'embed', 'mlp', 'heads', 'joined_kv', 'relpos_buckets', 'layers') and the
@@ -9,10 +9,9 @@ mesh, exactly as in T5X (`standard_logical_axis_rules`), with the prompt axes
 
   mesh = make_mesh(num_partitions=8)                 # ('data', 'model') = (n / 8, 8)
   rules = logical_axis_rules()                       # T5X standard + prompt axes
-  sh = train_shardings(config, abstract, optimizer, PROMPT_ONLY, mesh, rules)
-  state, frozen = jax.device_put((state, frozen), (sh.state, sh.frozen))
-  step = shard_train_step(make_train_step(config, method, optimizer), mesh, rules, sh)
-  state, metrics = step(state, frozen, batch, rng)
+  shardings = param_shardings(config, mesh, rules)  # where each backbone leaf lives
+
+The partitioned training step is built on these in `jaxpt.train.sharding`.
 
 `PartitionConfig` bundles the knobs for gin (gin/partitioning/*.gin): `jaxpt train`
 shards its run with it and `jaxpt plan` compiles the step ahead of time to report the
@@ -36,7 +35,6 @@ from flax import traverse_util
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxpt.methods.split import partition
 from jaxpt.models.config import T5Config
 from jaxpt.models.t5 import abstract_params, logical_axes
 
@@ -304,64 +302,15 @@ def batch_sharding(mesh: Mesh, rules: LogicalRules) -> NamedSharding:
   return NamedSharding(mesh, P(*nn.logical_to_mesh_axes(('batch',), rules)))
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainShardings:
-  """Where everything of a training step lives.
-
-  Attributes:
-    state: a TrainState of shardings (step, trainable, opt_state).
-    frozen: shardings of the frozen parameters.
-    batch: the sharding of every batch feature (a pytree prefix).
-    replicated: for the RNG key and the metrics.
-    mesh: the mesh.
-    rules: the logical axis rules.
-  """
-
-  state: Any
-  frozen: Any
-  batch: NamedSharding
-  replicated: NamedSharding
-  mesh: Mesh
-  rules: LogicalRules
-
-
 def params_shardings(config: T5Config, params: Mapping[str, Any], mesh: Mesh,
                      rules: LogicalRules, large_leaf_bytes: int = LARGE_LEAF_BYTES) -> Dict:
-  """Shardings of `{'backbone': ..., 'method': ...}` (arrays or ShapeDtypeStructs)."""
+  """Shardings of `{'backbone': ..., 'method': ...[, 'teacher': ...]}` (arrays or abstract)."""
   out = {'backbone': tree_shardings(logical_axes(config), params['backbone'], mesh, rules)}
-  out['method'] = tree_shardings(method_logical_axes(params.get('method')),
-                                 params.get('method') or {}, mesh, rules, large_leaf_bytes)
+  # 'method' and any other method-shaped entry (distillation's 'teacher') shard alike.
+  for key in sorted(set(params) - {'backbone'}) or ['method']:
+    out[key] = tree_shardings(method_logical_axes(params.get(key)), params.get(key) or {}, mesh,
+                              rules, large_leaf_bytes)
   return out
-
-
-def train_shardings(config: T5Config, params: Mapping[str, Any], optimizer: Any,
-                    trainable_rules: Sequence[str], mesh: Mesh, rules: LogicalRules,
-                    large_leaf_bytes: int = LARGE_LEAF_BYTES) -> TrainShardings:
-  """Shardings of the TrainState, frozen params and batch of one training run.
-
-  Args:
-    config: the backbone's config (`scan_layers` must match `params`).
-    params: `{'backbone', 'method'}` arrays or ShapeDtypeStructs (nothing is
-      allocated or moved).
-    optimizer: the optax optimizer (its state shapes come from `eval_shape`).
-    trainable_rules: regexes of `jaxpt.methods.split.partition`.
-    mesh: the ('data', 'model') mesh.
-    rules: logical axis rules.
-    large_leaf_bytes: see `tree_shardings`.
-  """
-  from jaxpt.train.step import TrainState, init_state
-
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), dict(params))
-  full = params_shardings(config, abstract, mesh, rules, large_leaf_bytes)
-  trainable, _ = partition(abstract, trainable_rules)
-  trainable_sh, frozen_sh = partition(full, trainable_rules)
-  state = jax.eval_shape(lambda t: init_state(t, optimizer), trainable)
-  replicated = NamedSharding(mesh, P())
-  state_sh = TrainState(step=replicated, trainable=trainable_sh,
-                        opt_state=opt_state_shardings(state.opt_state, trainable, trainable_sh,
-                                                      mesh))
-  return TrainShardings(state=state_sh, frozen=frozen_sh, batch=batch_sharding(mesh, rules),
-                        replicated=replicated, mesh=mesh, rules=tuple(rules))
 
 
 # --------------------------------------------------------------------- sharded steps
@@ -372,35 +321,6 @@ def axis_rules_context(mesh: Mesh, rules: LogicalRules) -> Iterator[None]:
   """The mesh and the logical rules in force, so `with_logical_constraint`s apply when traced."""
   with jax.set_mesh(mesh), nn.logical_axis_rules(tuple(rules)):
     yield
-
-
-class ShardedStep:
-  """A jitted `step(state, frozen, batch, rng)` with in/out shardings and the rules context.
-
-  Call it like the step; `lower(...)` lowers it (arrays or ShapeDtypeStructs
-  with shardings) for ahead-of-time compilation and memory analysis.
-  """
-
-  def __init__(self, step: Callable, shardings: TrainShardings, donate: bool = True):
-    self.shardings = shardings
-    sh = shardings
-    self._jitted = jax.jit(step, in_shardings=(sh.state, sh.frozen, sh.batch, sh.replicated),
-                           out_shardings=(sh.state, sh.replicated),
-                           donate_argnums=(0,) if donate else ())
-
-  def __call__(self, state: Any, frozen: Any, batch: Mapping[str, Any], rng: jax.Array):
-    with axis_rules_context(self.shardings.mesh, self.shardings.rules):
-      return self._jitted(state, frozen, shard_batch(batch, self.shardings.batch), rng)
-
-  def lower(self, *args: Any) -> Any:
-    with axis_rules_context(self.shardings.mesh, self.shardings.rules):
-      return self._jitted.lower(*args)
-
-
-def shard_train_step(step: Callable, shardings: TrainShardings, donate: bool = True
-                     ) -> ShardedStep:
-  """Jits `jaxpt.train.step.make_train_step(...)`'s step over `shardings.mesh`."""
-  return ShardedStep(step, shardings, donate)
 
 
 def shard_batch(batch: Mapping[str, Any], sharding: NamedSharding) -> Dict[str, Any]:
@@ -422,46 +342,6 @@ def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
   """ShapeDtypeStructs of `tree` carrying `shardings` (for `.lower` without allocating)."""
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s),
                       tree, shardings)
-
-
-def read_backbone_sharded(path: str, config: T5Config, mesh: Mesh, rules: LogicalRules
-                          ) -> Tuple[T5Config, Dict]:
-  """Reads a backbone checkpoint straight into its shardings (each device reads its slice).
-
-  Args:
-    path: an HF directory, a T5X checkpoint or a jaxpt directory (as `load_model`).
-    config: the expected config (its shapes give the shardings; the unscanned
-      layout is read, `jaxpt.models.scan.stack_layers` scans it afterwards).
-    mesh: the mesh.
-    rules: logical axis rules.
-
-  Returns:
-    (the checkpoint's config, unscanned params placed in their shardings).
-  """
-  from jaxpt.checkpoints.load import detect_format
-  from jaxpt.checkpoints.validate import check_params
-
-  shardings = param_shardings(config.replace(scan_layers=False), mesh, rules)
-  fmt = detect_format(os.fspath(path))
-  if fmt == 'hf':
-    from jaxpt.checkpoints import hf
-    found, params = hf.read_hf_checkpoint(path, shardings=shardings)
-  elif fmt == 't5x':
-    from jaxpt.checkpoints import t5x
-    params = t5x.read_t5x_checkpoint(path, shardings=shardings)
-    found = t5x.config_from_t5x_params(params)
-  else:
-    from jaxpt.checkpoints import native
-    found, params = native.read_native(path, shardings=shardings)
-  check_params(params, found.replace(scan_layers=False), os.fspath(path))
-  return found, params
-
-
-# ------------------------------------------------------------------------- multi-host
-
-
-_MULTIHOST_ENV = ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'SLURM_NTASKS',
-                  'OMPI_COMM_WORLD_SIZE', 'TPU_WORKER_HOSTNAMES')
 
 
 def is_multihost_env(env: Optional[Mapping[str, str]] = None) -> bool:

@@ -12,6 +12,8 @@ from typing import List, Sequence
 
 import sentencepiece as spm
 
+PAD_ID = 0
+EOS_ID = 1
 DEFAULT_EXTRA_IDS = 100
 # The public T5 vocabulary; readable with network access only.
 T5_VOCAB_GCS = 'gs://t5-data/vocabs/cc_all.32000/sentencepiece.model'

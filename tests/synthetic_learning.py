@@ -7,12 +7,13 @@ from typing import Callable, Tuple
 import jax
 import numpy as np
 
+from jaxpt.prompted.base import prompted_model
 from jaxpt.data.synthetic import two_class_batch
 from jaxpt.methods import PROMPT_ONLY, Backbone, combine, partition
 from jaxpt.models.config import preset
 from jaxpt.models.t5 import init_params
 from jaxpt.train.optim import make_optimizer
-from jaxpt.train.step import forward, init_state, make_train_step
+from jaxpt.train.step import init_state, make_train_step
 
 LEARN_CONFIG = preset('t5_1_1', 'tiny', vocab_size=64, emb_dim=64, num_heads=4, head_dim=16,
                       mlp_dim=128)
@@ -28,12 +29,12 @@ def learn(method, learning_rate: float, steps: int,
   trainable, frozen = partition(params, PROMPT_ONLY)
   optimizer = make_optimizer('adamw', learning_rate, weight_decay=0.0)
   state = init_state(trainable, optimizer)
-  step = jax.jit(make_train_step(LEARN_CONFIG, method, optimizer), donate_argnums=0)
+  step = jax.jit(make_train_step(prompted_model(LEARN_CONFIG, method), optimizer), donate_argnums=0)
   losses = []
   for i in range(steps):
     state, metrics = step(state, frozen, prepare(two_class_batch(32, i)[0]), jax.random.key(2))
     losses.append(float(metrics['loss']))
   test, label = two_class_batch(256, 10_000)
-  logits = forward(LEARN_CONFIG, method, combine(state.trainable, frozen), prepare(test))
+  logits = prompted_model(LEARN_CONFIG, method).logits(combine(state.trainable, frozen), prepare(test))
   accuracy = float(np.mean((logits[:, 0, 10] > logits[:, 0, 11]) == (label == 1)))
   return float(np.mean(losses[:5])), float(np.mean(losses[-20:])), accuracy

@@ -13,8 +13,8 @@ torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
 
 import jaxpt  # noqa: E402
-from jaxpt.evaluate.decoding import beam_search, greedy_decode, sample_decode  # noqa: E402
-from jaxpt.evaluate.rank_classification import rank_classify, score_targets  # noqa: E402
+from jaxpt.prompted.decoding import beam_search, greedy_decode, sample_decode  # noqa: E402
+from jaxpt.prompted.scoring import rank_classify, score_targets  # noqa: E402
 from jaxpt.models import scan  # noqa: E402
 from jaxpt.models.t5 import T5  # noqa: E402
 

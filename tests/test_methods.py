@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxpt.prompted.base import prompted_model
 import jaxpt
 from jaxpt.methods import (EVERYTHING, PROMPT_ONLY, Backbone, ModelTuning, PrefixTuning,
                            PromptTuning, combine, partition)
@@ -14,7 +15,7 @@ from jaxpt.methods.prompt import truncate_for_prompt
 from jaxpt.models.config import preset
 from jaxpt.models.t5 import init_params
 from jaxpt.train.optim import make_optimizer
-from jaxpt.train.step import forward, init_state, make_train_step
+from jaxpt.train.step import init_state, make_train_step
 from tests.synthetic_learning import learn
 
 CONFIG = preset('t5_1_1', 'tiny', vocab_size=64)
@@ -37,7 +38,7 @@ def _batch(n=4, enc_len=9, seed=0, vocab=64):
 
 
 def _logits(method, backbone, method_params, batch, config=CONFIG):
-  return np.asarray(forward(config, method, {'backbone': backbone, 'method': method_params},
+  return np.asarray(prompted_model(config, method).logits({'backbone': backbone, 'method': method_params},
                             batch))
 
 
@@ -107,7 +108,7 @@ def test_paper_prefix_reaches_every_attention(backbone):
   batch = _batch()
 
   def loss(p):
-    return jnp.sum(forward(CONFIG, method, {'backbone': backbone, 'method': p}, batch) ** 2)
+    return jnp.sum(prompted_model(CONFIG, method).logits({'backbone': backbone, 'method': p}, batch) ** 2)
 
   grads = jax.jit(jax.grad(loss))(params)
   for kind in ('encoder', 'decoder_self', 'decoder_cross'):
@@ -174,7 +175,7 @@ def test_frozen_leaves_stay_bitwise_identical(backbone):
   trainable_shapes = {x.shape for x in jax.tree.leaves(trainable)}
   assert not (opt_shapes & frozen_shapes) - trainable_shapes - {()}, 'no frozen-shaped slot'
   assert len(jax.tree.leaves(state.opt_state)) <= 4 * len(jax.tree.leaves(trainable))
-  step = jax.jit(make_train_step(CONFIG, method, optimizer), donate_argnums=0)
+  step = jax.jit(make_train_step(prompted_model(CONFIG, method), optimizer), donate_argnums=0)
   for i in range(4):
     state, metrics = step(state, frozen, _batch(seed=i), jax.random.key(0))
   assert int(state.step) == 4 and bool(metrics['finite'])
@@ -200,7 +201,7 @@ def test_compiled_step_has_no_frozen_gradient_buffers():
     trainable, frozen = partition(params, rules)
     optimizer = make_optimizer('sgd', 0.1)
     state = init_state(trainable, optimizer)
-    step = jax.jit(make_train_step(config, method, optimizer), donate_argnums=0)
+    step = jax.jit(make_train_step(prompted_model(config, method), optimizer), donate_argnums=0)
     compiled = step.lower(state, frozen, batch, jax.random.key(0)).compile()
     temps[rules] = compiled.memory_analysis().temp_size_in_bytes
   print(f'frozen weights {frozen_bytes / 2**20:.1f} MiB; step temporaries: prompt tuning '
@@ -227,14 +228,15 @@ def test_tuning_learns_a_synthetic_task(method, learning_rate):
 @pytest.mark.parametrize('combine', ['average', 'vote'])
 def test_prompt_ensemble_in_one_pass_equals_separate_prompts(backbone, combine):
   from jaxpt.evaluate.ensemble import ensemble_rank_classify
-  from jaxpt.evaluate.rank_classification import rank_classify
+  from jaxpt.prompted.scoring import rank_classify
   from jaxpt.models.t5 import T5
   method = PromptTuning(length=3, initializer='uniform', num_prompts=3)
   params = {'backbone': backbone,
             'method': method.init(jax.random.key(7), Backbone(CONFIG, None))}
   enc = _batch(n=5)['encoder_input_tokens']
   labels = np.array([[10, 1], [11, 1], [12, 1]], np.int32)
-  preds, scores = ensemble_rank_classify(CONFIG, method, params, enc, labels, 3, combine)
+  preds, scores = ensemble_rank_classify(prompted_model(CONFIG, method), params, enc, labels,
+                                         combine)
   separate = np.stack([np.asarray(rank_classify(
       T5(CONFIG), backbone, enc, labels, prompt=params['method']['prompt'][i])[1])
                        for i in range(3)])

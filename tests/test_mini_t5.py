@@ -12,6 +12,7 @@ import pytest
 import jaxpt
 from jaxpt.assets import mini_t5_path
 from jaxpt.data import pretraining
+from jaxpt.evaluate import held_out
 from jaxpt.models.t5 import init_params
 
 VOCAB_SIZE = 8100  # 8000 pieces + 100 extra ids
@@ -54,7 +55,7 @@ def test_held_out_span_corruption_loss_beats_the_untrained_model(mini, shared_da
   batches = list(pretraining.objective_batches(docs, 'span_corruption', VOCAB_SIZE,
                                                {'inputs': 128, 'targets': 32}, 16))
   untrained = jaxpt.Model(mini.config, init_params(mini.config, jax.random.key(0)))
-  trained_loss = pretraining.mean_loss(mini, batches)
-  untrained_loss = pretraining.mean_loss(untrained, batches)
+  trained_loss = held_out.mean_loss(mini, batches)
+  untrained_loss = held_out.mean_loss(untrained, batches)
   print(f'held-out span corruption: mini {trained_loss:.3f}, untrained {untrained_loss:.3f}')
   assert trained_loss < untrained_loss - 2.0

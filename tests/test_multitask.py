@@ -6,10 +6,11 @@ import jax
 import numpy as np
 import pytest
 
+from jaxpt.prompted.base import prompted_model
 import jaxpt
 from jaxpt.checkpoints import prompts
 from jaxpt.data.synthetic import multi_task_batch
-from jaxpt.interop.peft import export_peft, import_peft
+from jaxpt.checkpoints.peft import export_peft, import_peft
 from jaxpt.methods import Backbone, MultitaskPromptTuning, PromptTuning
 from jaxpt.methods.multitask import stack_teachers
 from jaxpt.models.config import preset
@@ -17,14 +18,13 @@ from jaxpt.models.t5 import init_params
 from jaxpt.train.distill import Distillation, distillation_loss as eager_distillation_loss
 from jaxpt.train.loop import train
 from jaxpt.train.optim import make_optimizer
-from jaxpt.train.step import forward as eager_forward
 
 CONFIG = preset('t5_1_1', 'tiny', vocab_size=64)
 
 
 # Jitted: one compile per method and shape is much cheaper than op-by-op dispatch.
 forward = jax.jit(eager_forward, static_argnums=(0, 1))
-distillation_loss = jax.jit(eager_distillation_loss, static_argnums=(0, 1, 2))
+distillation_loss = jax.jit(eager_distillation_loss, static_argnums=(0, 1))
 
 
 @pytest.fixture(scope='module')
@@ -61,17 +61,17 @@ def test_mixed_batch_of_three_tasks_equals_three_single_task_passes(backbone):
   params = _random_factors(method, method.init(jax.random.key(1), _bb(backbone)))
   batch, _ = multi_task_batch(6, seed=0, num_tasks=3, length=7)
   batch['task_ids'] = np.array([0, 2, 1, 1, 0, 2], np.int32)
-  mixed = np.asarray(forward(CONFIG, method, {'backbone': backbone, 'method': params}, batch))
+  mixed = np.asarray(prompted_model(CONFIG, method).logits({'backbone': backbone, 'method': params}, batch))
   for k in range(3):
     rows = np.where(batch['task_ids'] == k)[0]
     single, single_params = method.task_prompt(params, k)
     part = {key: value[rows] for key, value in batch.items() if key != 'task_ids'}
-    alone = np.asarray(forward(CONFIG, single, {'backbone': backbone, 'method': single_params},
+    alone = np.asarray(prompted_model(CONFIG, single).logits({'backbone': backbone, 'method': single_params},
                                part))
     np.testing.assert_allclose(mixed[rows], alone, rtol=1e-5, atol=1e-5)
   # Different tasks give different outputs on the same inputs.
   swapped = dict(batch, task_ids=np.array([1, 0, 2, 0, 2, 1], np.int32))
-  other = np.asarray(forward(CONFIG, method, {'backbone': backbone, 'method': params}, swapped))
+  other = np.asarray(prompted_model(CONFIG, method).logits({'backbone': backbone, 'method': params}, swapped))
   assert np.abs(other - mixed).max() > 1e-3
 
 
@@ -82,18 +82,18 @@ def test_distillation_terms_are_zero_for_the_teacher_and_positive_otherwise(back
   batch, _ = multi_task_batch(6, seed=1, num_tasks=3, length=7)
   distill = Distillation(teacher, kl_weight=0.5, hidden_weight=2.0)
   tree = {'backbone': backbone, 'method': params, 'teacher': teacher_params}
-  loss, m = distillation_loss(CONFIG, method, distill, tree, batch)
+  loss, m = distillation_loss(prompted_model(CONFIG, method), distill, tree, batch)
   assert abs(float(m['kl'])) < 1e-6 and float(m['hidden_mse']) < 1e-10
   np.testing.assert_allclose(float(loss), float(m['task_loss']), rtol=1e-5)
   other = dict(tree, teacher={'prompt': teacher_params['prompt'] + 0.3 * jax.random.normal(
       jax.random.key(5), teacher_params['prompt'].shape)})
-  loss, m = distillation_loss(CONFIG, method, distill, other, batch)
+  loss, m = distillation_loss(prompted_model(CONFIG, method), distill, other, batch)
   assert float(m['kl']) > 1e-4 and float(m['hidden_mse']) > 1e-4
   np.testing.assert_allclose(
       float(loss), float(m['task_loss']) + 0.5 * float(m['kl']) + 2.0 * float(m['hidden_mse']),
       rtol=1e-5)
   # A temperature changes the KL, not the hidden term.
-  _, hot = distillation_loss(CONFIG, method, Distillation(teacher, temperature=2.0), other, batch)
+  _, hot = distillation_loss(prompted_model(CONFIG, method), Distillation(teacher, temperature=2.0), other, batch)
   assert abs(float(hot['kl']) - float(m['kl'])) > 1e-6
   np.testing.assert_allclose(float(hot['hidden_mse']), float(m['hidden_mse']), rtol=1e-6)
 
@@ -125,7 +125,7 @@ def test_task_prompts_export_as_jaxpt_prompts_and_peft_adapters(backbone, tmp_pa
     single, single_params = method.task_prompt(params, k)
     prompts.save_prompt(tmp_path / f'task{k}', single, single_params, model)
     loaded = jaxpt.load_model(str(tmp_path / 'backbone'), prompt=str(tmp_path / f'task{k}'))
-    want = forward(CONFIG, method, {'backbone': backbone, 'method': params},
+    want = prompted_model(CONFIG, method).logits({'backbone': backbone, 'method': params},
                    dict(encoder_input_tokens=enc, decoder_input_tokens=dec,
                         task_ids=np.array([k], np.int32)))
     np.testing.assert_allclose(loaded.logits(enc, dec), want, rtol=1e-5, atol=1e-5)
@@ -154,7 +154,7 @@ def test_task_ids_out_of_range_are_a_clear_error(backbone):
   # The training loop checks each batch on the host (inside jit, jnp.take would clamp).
   bad_batches = lambda k: dict(batch, task_ids=np.array([0, 1, 2, 5], np.int32))
   with pytest.raises(ValueError, match=r'batch at data position 0: task ids \[5\]'):
-    train(CONFIG, backbone, method, params, bad_batches, optimizer=make_optimizer('sgd', 0.1),
+    train(prompted_model(CONFIG, method), backbone, params, bad_batches, optimizer=make_optimizer('sgd', 0.1),
           num_steps=1, rng=jax.random.key(0), print_fn=None)
   # One-task MPT: only id 0.
   one = MultitaskPromptTuning(length=3, num_tasks=1, initializer='uniform')
@@ -179,7 +179,7 @@ def test_teachers_stay_frozen_and_mismatched_arguments_fail(backbone):
   teacher, teacher_params = stack_teachers(
       [np.asarray(jax.random.uniform(jax.random.key(k), (3, 8))) for k in range(3)])
   before = np.asarray(teacher_params['prompt']).copy()
-  result = train(CONFIG, backbone, method, params,
+  result = train(prompted_model(CONFIG, method), backbone, params,
                  lambda k: multi_task_batch(4, seed=k, num_tasks=3, length=6)[0],
                  optimizer=make_optimizer('adamw', 1e-2, weight_decay=0.0), num_steps=3,
                  rng=jax.random.key(0), print_fn=None, distillation=Distillation(teacher),
@@ -189,16 +189,12 @@ def test_teachers_stay_frozen_and_mismatched_arguments_fail(backbone):
   assert not np.array_equal(result.method_params['shared'], params['shared'])
   assert {'kl', 'hidden_mse', 'task_loss'} <= set(result.history[-1])
   with pytest.raises(ValueError, match='go together'):
-    train(CONFIG, backbone, method, params, lambda k: {}, optimizer=make_optimizer('sgd'),
+    train(prompted_model(CONFIG, method), backbone, params, lambda k: {}, optimizer=make_optimizer('sgd'),
           num_steps=1, rng=jax.random.key(0), distillation=Distillation(teacher))
   with pytest.raises(ValueError, match='teachers must stay frozen'):
-    train(CONFIG, backbone, method, params, lambda k: {}, optimizer=make_optimizer('sgd'),
+    train(prompted_model(CONFIG, method), backbone, params, lambda k: {}, optimizer=make_optimizer('sgd'),
           num_steps=1, rng=jax.random.key(0), distillation=Distillation(teacher),
           teacher_params=teacher_params, trainable_rules=(r'method/.*', r'teacher/.*'))
-  with pytest.raises(ValueError, match='does not support partitioning'):
-    train(CONFIG, backbone, method, params, lambda k: {}, optimizer=make_optimizer('sgd'),
-          num_steps=1, rng=jax.random.key(0), distillation=Distillation(teacher),
-          teacher_params=teacher_params, partitioning=object())
   one, one_params = stack_teachers([before[0]])  # one source: a plain [L, d] teacher
   assert one.num_prompts == 1 and one_params['prompt'].shape == (3, 8)
   with pytest.raises(ValueError, match='kl_weight must be non-negative'):
@@ -237,7 +233,7 @@ def test_mpt_recipe_learns_a_synthetic_multi_task_set():
   for task in SOURCES:
     data = lambda k, task=task: _without_task_ids(
         multi_task_batch(32, k, NUM_TASKS, length=10, task=task)[0])
-    run = train(LEARN_CONFIG, backbone, teacher_method, teacher_method.init(
+    run = train(prompted_model(LEARN_CONFIG, teacher_method), backbone, teacher_method.init(
         jax.random.key(10 + task), bb), data, num_steps=300, **common)
     teachers.append(np.asarray(run.method_params['prompt']))
 
@@ -245,7 +241,7 @@ def test_mpt_recipe_learns_a_synthetic_multi_task_set():
                               initializer='sampled_vocab', population_size=64)
   teacher, teacher_params = stack_teachers(teachers)
   mixture = lambda k: multi_task_batch(32, 1000 + k, len(SOURCES), length=10)[0]
-  source = train(LEARN_CONFIG, backbone, mpt, mpt.init(jax.random.key(3), bb), mixture,
+  source = train(prompted_model(LEARN_CONFIG, mpt), backbone, mpt.init(jax.random.key(3), bb), mixture,
                  num_steps=300, distillation=Distillation(teacher, 1.0, 1.0),
                  teacher_params=teacher_params, **common)
   h = source.history
@@ -255,7 +251,7 @@ def test_mpt_recipe_learns_a_synthetic_multi_task_set():
   target = mpt.target_adaptation(source.method_params)
   held_out = lambda k: _without_task_ids(
       multi_task_batch(32, 5000 + k, NUM_TASKS, length=10, task=TARGET)[0])
-  adapted = train(LEARN_CONFIG, backbone, target, target.init(jax.random.key(4), bb), held_out,
+  adapted = train(prompted_model(LEARN_CONFIG, target), backbone, target.init(jax.random.key(4), bb), held_out,
                   num_steps=300, **common)
   a_start, a_end = _mean(adapted.history, 'loss', 0, 5), _mean(adapted.history, 'loss', -20,
                                                                None)

@@ -22,6 +22,9 @@ from jax.sharding import PartitionSpec as P
 
 import jaxpt
 from jaxpt import partitioning as pt
+from jaxpt.checkpoints.load import read_backbone_sharded
+from jaxpt.prompted.base import prompted_model
+from jaxpt.train.sharding import ShardedStep, train_shardings
 
 HERE = pathlib.Path(__file__).resolve()
 REPO = HERE.parents[1]
@@ -294,15 +297,15 @@ def _one_step(config, method, optimizer, rules, mesh_shape):
   """(reference state, metrics), (sharded state, metrics), frozen, step, state placed."""
   from jaxpt.train.step import init_state, make_train_step
   full, (trainable, frozen) = _setup(config, method, rules)
-  step = make_train_step(config, method, optimizer)
+  step = make_train_step(prompted_model(config, method), optimizer)
   batch, key = _batch(), jax.random.key(2)
   ref = jax.jit(step)(init_state(trainable, optimizer), frozen, batch, key)
   mesh = pt.make_mesh(mesh_shape[1])
   assert tuple(mesh.devices.shape) == tuple(mesh_shape)
-  sh = pt.train_shardings(config, full, optimizer, rules, mesh, pt.logical_axis_rules())
+  sh = train_shardings(config, full, optimizer, rules, mesh, pt.logical_axis_rules())
   state = pt.place(init_state(trainable, optimizer), sh.state)
   frozen_placed = pt.place(frozen, sh.frozen)
-  sharded = pt.shard_train_step(step, sh, donate=False)
+  sharded = ShardedStep(step, sh, donate=False)
   out = sharded(state, frozen_placed, batch, key)
   return ref, out, frozen_placed, sharded, state
 
@@ -363,8 +366,8 @@ def _child_steps() -> Dict[str, Any]:
   full, _ = _setup(config, method, PROMPT_ONLY)
   batches = lambda k: {key: np.roll(v, k, axis=0) for key, v in _batch().items()}
   kwargs = dict(optimizer=opt, num_steps=2, rng=jax.random.key(3), print_fn=None)
-  plain = train(config, full['backbone'], method, full['method'], batches, **kwargs)
-  sharded = train(config, full['backbone'], method, full['method'], batches,
+  plain = train(prompted_model(config, method), full['backbone'], full['method'], batches, **kwargs)
+  sharded = train(prompted_model(config, method), full['backbone'], full['method'], batches,
                   partitioning=pt.PartitionConfig(num_partitions=4), **kwargs)
   result['loop'] = {'max_diff': _max_diff(plain.method_params, sharded.method_params),
                     'steps': sharded.step}
@@ -384,7 +387,7 @@ def _child_checkpoint(tmp: str) -> Dict[str, Any]:
   rules = pt.logical_axis_rules()
 
   def shardings(model):
-    return pt.train_shardings(config, full, opt, EVERYTHING, pt.make_mesh(model), rules).state
+    return train_shardings(config, full, opt, EVERYTHING, pt.make_mesh(model), rules).state
 
   state = init_state(trainable, opt)
   state = state.replace(step=state.step + 7, trainable=jax.tree.map(
@@ -414,7 +417,7 @@ def _child_checkpoint(tmp: str) -> Dict[str, Any]:
   # the frozen backbone read straight into its shardings
   model = jaxpt.Model(config, full['backbone'], source='test')
   jaxpt.save_model(model, os.path.join(tmp, 'backbone'))
-  _, params = pt.read_backbone_sharded(os.path.join(tmp, 'backbone'), config, pt.make_mesh(4),
+  _, params = read_backbone_sharded(os.path.join(tmp, 'backbone'), config, pt.make_mesh(4),
                                        rules)
   emb = params['token_embedder']['embedding']
   out['backbone'] = {'max_diff': _max_diff(params, full['backbone']),

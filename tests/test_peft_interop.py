@@ -14,15 +14,16 @@ torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
 peft = pytest.importorskip('peft')
 
+from jaxpt.prompted.base import prompted_model
 import jaxpt  # noqa: E402
-from jaxpt.interop.peft import (attach, export_peft, import_peft, load_peft,  # noqa: E402
+from jaxpt.checkpoints.peft import (attach, export_peft, import_peft, load_peft,  # noqa: E402
                                 prompt_encoder_from_peft, prompt_encoder_to_peft)
 from jaxpt.methods import (PROMPT_ONLY, Backbone, ModelTuning, PrefixTuning,  # noqa: E402
                            PromptTuning, PTuning, partition)
 from jaxpt.methods.ptuning import encode_prompt  # noqa: E402
-from jaxpt.train.loss import loss_and_metrics  # noqa: E402
+from jaxpt.prompted.loss import loss_and_metrics  # noqa: E402
 from jaxpt.train.optim import make_optimizer  # noqa: E402
-from jaxpt.train.step import forward, init_state, make_train_step  # noqa: E402
+from jaxpt.train.step import init_state, make_train_step  # noqa: E402
 
 VOCAB = 64
 P = 4
@@ -113,7 +114,7 @@ def _trained(model, method, learning_rate):
           'method': method.init(jax.random.key(0), Backbone(model.config, None))}
   trainable, frozen = partition(tree, PROMPT_ONLY)
   optimizer = make_optimizer('adamw', learning_rate)
-  step = jax.jit(make_train_step(model.config, method, optimizer))
+  step = jax.jit(make_train_step(prompted_model(model.config, method), optimizer))
   state = init_state(trainable, optimizer)
   for _ in range(3):
     state, _ = step(state, frozen, _batch(), jax.random.key(1))
@@ -274,7 +275,7 @@ def test_p_tuning_template_export(square, tmp_path):
 
 def _jaxpt_loss_and_grad(model, method, params, batch):
   def loss(p):
-    logits = forward(model.config, method, {'backbone': model.params, 'method': p}, batch)
+    logits = prompted_model(model.config, method).logits({'backbone': model.params, 'method': p}, batch)
     tgt = batch['decoder_target_tokens']
     return loss_and_metrics(logits, tgt, (tgt > 0).astype(np.float32))[0]
 

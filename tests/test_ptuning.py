@@ -9,13 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxpt.prompted.base import prompted_model
 import jaxpt
 from jaxpt.methods import (Backbone, ModelTuning, PrefixTuning, PTuning, Template,
                            deep_prompt_tuning)
 from jaxpt.methods.ptuning import bidirectional_lstm, encode_prompt
 from jaxpt.models.config import preset
 from jaxpt.models.t5 import T5, PlacedPrompt, init_params
-from jaxpt.train.step import forward
 from tests.synthetic_learning import learn
 
 CONFIG = preset('t5_1_1', 'tiny', vocab_size=64)
@@ -37,7 +37,7 @@ def _targets(n, seed=0):
 
 @functools.lru_cache(maxsize=None)
 def _jitted_forward(method):
-  return jax.jit(lambda params, batch: forward(CONFIG, method, params, batch))
+  return jax.jit(lambda params, batch: prompted_model(CONFIG, method).logits(params, batch))
 
 
 def _logits(method, backbone, method_params, enc):

@@ -10,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 
+from jaxpt.prompted.base import prompted_model
 from jaxpt.checkpoints import prompts
 from jaxpt.checkpoints.training import TrainCheckpointer
 from jaxpt.data.synthetic import two_class_batch
@@ -48,7 +49,7 @@ def _run(setup, **kwargs):
   kwargs.setdefault('rng', jax.random.key(42))
   kwargs.setdefault('print_fn', None)
   kwargs.setdefault('batches', batches)
-  return train(config, backbone, method, method_params, **kwargs)
+  return train(prompted_model(config, method), backbone, method_params, **kwargs)
 
 
 def _assert_bitwise(a, b):
@@ -96,7 +97,7 @@ def test_resume_is_bit_identical(setup, tmp_path):
   assert all(np.isfinite(r['loss']) for r in records)
   # The latest prompt checkpoint follows the run and loads on the backbone.
   config, backbone, _, _ = setup
-  from jaxpt.models.model import Model
+  from jaxpt.prompted.model import Model
   method, params, manifest = prompts.load_prompt(tmp_path / 'resumed' / 'prompt',
                                                  Model(config, backbone))
   assert manifest['step'] == 6

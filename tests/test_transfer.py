@@ -7,19 +7,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxpt.prompted.base import prompted_model
 import jaxpt
 from jaxpt.checkpoints import prompts
 from jaxpt.checkpoints.errors import CheckpointError
 from jaxpt.cli.main import main
 from jaxpt.data.synthetic import multi_task_batch
 from jaxpt.methods import Backbone, MultitaskPromptTuning, PrefixTuning, PromptTuning
-from jaxpt.methods import transfer
+from jaxpt.checkpoints import transfer
 from jaxpt.models.config import preset
 from jaxpt.models.t5 import init_params
 from jaxpt.train.loop import train
-from jaxpt.train.loss import loss_and_metrics
+from jaxpt.prompted.loss import loss_and_metrics
 from jaxpt.train.optim import make_optimizer
-from jaxpt.train.step import forward
 
 CONFIG = preset('t5_1_1', 'tiny', vocab_size=64)
 D = 8
@@ -150,13 +150,13 @@ def test_a_transferred_prompt_starts_training_from_the_source(model, tmp_path):
   batch.pop('task_ids')
 
   def loss(prompt):
-    logits = forward(CONFIG, method, {'backbone': model.params, 'method': {'prompt': prompt}},
+    logits = prompted_model(CONFIG, method).logits({'backbone': model.params, 'method': {'prompt': prompt}},
                      batch)
     return loss_and_metrics(logits, batch['decoder_target_tokens'],
                             (batch['decoder_target_tokens'] > 0).astype(np.float32))[0]
 
   grad = np.asarray(jax.jit(jax.grad(loss))(jnp.asarray(source)))  # jitted: faster than eager
-  result = train(CONFIG, model.params, method, start, lambda k: batch,
+  result = train(prompted_model(CONFIG, method), model.params, start, lambda k: batch,
                  optimizer=make_optimizer('sgd', 0.5), num_steps=1, rng=jax.random.key(0),
                  print_fn=None)
   np.testing.assert_allclose(result.method_params['prompt'], source - 0.5 * grad, rtol=1e-5,
@@ -213,10 +213,11 @@ def test_spot_transfer_learns_a_related_synthetic_task():
   # The source prompt starts from sampled vocabulary rows, given as an array, so the source
   # and the transferred run share one method (and one compiled step).
   init = PromptTuning(length=8, population_size=64).init(jax.random.key(1), bb)['prompt']
-  source = train(config, backbone, PromptTuning(length=8, initializer='array', array=init),
+  source_method = PromptTuning(length=8, initializer='array', array=init)
+  source = train(prompted_model(config, source_method), backbone,
                  {'prompt': init}, data(0, 0), **common)
   method = PromptTuning(length=8, initializer='array', array=source.method_params['prompt'])
-  target = train(config, backbone, method, method.init(jax.random.key(0), bb),
+  target = train(prompted_model(config, method), backbone, method.init(jax.random.key(0), bb),
                  data(1, 10_000), **common)
   loss = lambda run, a, b: float(np.mean([h['loss'] for h in run.history][a:b]))
   s_start, s_end = loss(source, 0, 5), loss(source, -20, None)
@@ -267,7 +268,7 @@ def test_jaxpt_train_starts_from_a_source_prompt_through_gin(tmp_path, capsys):
   np.testing.assert_array_equal(method.task_prompts(params)[0], mpt_params['shared'])
   main(['export-peft', '--gin_file=models/t5_1_1/tiny.gin', '--gin_file=runs/export.gin',
         f"--gin.MODEL_DIR='{tmp_path / 'target'}'", f"--gin.OUTPUT_DIR='{tmp_path / 'peft'}'"])
-  from jaxpt.interop.peft import import_peft
+  from jaxpt.checkpoints.peft import import_peft
   _, peft_params = import_peft(tmp_path / 'peft', config)
   np.testing.assert_array_equal(peft_params['prompt'], mpt_params['shared'])
   capsys.readouterr()

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Optional
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
 from jaxpt.checkpoints.errors import CheckpointError
 from jaxpt.checkpoints.validate import check_params
-from jaxpt.models.model import Model
+from jaxpt.models.config import T5Config
+from jaxpt.partitioning import param_shardings
 from jaxpt.models.scan import stack_layers
+from jaxpt.prompted.model import Model
 
 _T5X_STEP_DIR = re.compile(r'checkpoint_(\d+)$')
 
@@ -100,7 +103,7 @@ def load_model(path: str, prompt: Optional[str] = None, **config_overrides: Any)
     import dataclasses
     prompt = os.fspath(prompt)
     if os.path.isfile(os.path.join(prompt, 'adapter_config.json')):
-      from jaxpt.interop.peft import import_peft
+      from jaxpt.checkpoints.peft import import_peft
       try:
         method, method_params = import_peft(prompt, model.config)
       except (OSError, ValueError) as e:
@@ -110,3 +113,33 @@ def load_model(path: str, prompt: Optional[str] = None, **config_overrides: Any)
       method, method_params, _ = load_prompt(prompt, model)
     model = dataclasses.replace(model, method=method, method_params=method_params)
   return model
+
+
+def read_backbone_sharded(path: str, config: T5Config, mesh: Mesh, rules: Sequence
+                          ) -> Tuple[T5Config, Dict]:
+  """Reads a backbone checkpoint straight into its shardings (each device reads its slice).
+
+  Args:
+    path: an HF directory, a T5X checkpoint or a jaxpt directory (as `load_model`).
+    config: the expected config (its shapes give the shardings; the unscanned
+      layout is read, `jaxpt.models.scan.stack_layers` scans it afterwards).
+    mesh: the mesh.
+    rules: logical axis rules.
+
+  Returns:
+    (the checkpoint's config, unscanned params placed in their shardings).
+  """
+  shardings = param_shardings(config.replace(scan_layers=False), mesh, rules)
+  fmt = detect_format(os.fspath(path))
+  if fmt == 'hf':
+    from jaxpt.checkpoints import hf
+    found, params = hf.read_hf_checkpoint(path, shardings=shardings)
+  elif fmt == 't5x':
+    from jaxpt.checkpoints import t5x
+    params = t5x.read_t5x_checkpoint(path, shardings=shardings)
+    found = t5x.config_from_t5x_params(params)
+  else:
+    from jaxpt.checkpoints import native
+    found, params = native.read_native(path, shardings=shardings)
+  check_params(params, found.replace(scan_layers=False), os.fspath(path))
+  return found, params

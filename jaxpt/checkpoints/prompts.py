@@ -37,20 +37,14 @@ import numpy as np
 from flax import traverse_util
 
 from jaxpt.checkpoints.errors import CheckpointError
-from jaxpt.methods.model_tuning import ModelTuning
-from jaxpt.methods.multitask import MultitaskPromptTuning
-from jaxpt.methods.prefix import PrefixTuning
 from jaxpt.methods.prompt import PromptTuning
-from jaxpt.methods.ptuning import PTuning
+from jaxpt.methods.registry import METHODS, from_hyperparameters, hyperparameters
 
 MANIFEST = 'jaxpt_prompt.json'
 PARAMS_FILE = 'method_params.safetensors'
 FORMAT = 'jaxpt.prompt'
 VERSION = 1
-METHODS = {'prompt_tuning': PromptTuning, 'prefix_tuning': PrefixTuning, 'p_tuning': PTuning,
-           'model_tuning': ModelTuning, 'multitask_prompt_tuning': MultitaskPromptTuning}
 _FINGERPRINT_VALUES = 64
-_NOT_HYPERPARAMETERS = ('array', 'name')
 _SCANNED = re.compile(r'(encoder|decoder)/layers/(.*)')
 
 
@@ -99,17 +93,6 @@ def fingerprint(params: Any) -> str:
     digest.update(f'{path}|{shape}|{np.dtype(x.dtype).name}|'.encode())
     digest.update(np.ascontiguousarray(sample).tobytes())
   return 'sha256:' + digest.hexdigest()[:16]
-
-
-def _hyperparameters(method: Any) -> Dict[str, Any]:
-  """The method's dataclass fields, JSON-ready, without the saved array and the name."""
-  out = {}
-  for field in dataclasses.fields(method):
-    if field.name in _NOT_HYPERPARAMETERS or not field.init:
-      continue
-    value = getattr(method, field.name)
-    out[field.name] = list(value) if isinstance(value, tuple) else value
-  return out
 
 
 def _json_metrics(metrics: Optional[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
@@ -179,7 +162,7 @@ def save_prompt(directory: str, method: Any, method_params: Mapping[str, Any], m
   manifest = {
       'format': FORMAT,
       'version': VERSION,
-      'method': {'name': method.name, 'hyperparameters': _hyperparameters(method)},
+      'method': {'name': method.name, 'hyperparameters': hyperparameters(method)},
       'backbone': {'source': str(getattr(model, 'source', '') or ''),
                    'fingerprint': fingerprint(model.params),
                    'config': model.config.to_dict()},
@@ -226,16 +209,10 @@ def _method_from_manifest(manifest: Dict[str, Any], path: str) -> Any:
   name = manifest['method'].get('name')
   if name not in METHODS:
     raise CheckpointError(f'{path}: unknown method {name!r}; expected one of {sorted(METHODS)}')
-  cls = METHODS[name]
-  hyper = dict(manifest['method'].get('hyperparameters') or {})
-  known = {f.name for f in dataclasses.fields(cls) if f.init}
-  unknown = sorted(set(hyper) - known)
-  if unknown:
-    raise CheckpointError(f'{path}: {name} has no hyperparameters {unknown}')
   try:
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in hyper.items()})
-  except (TypeError, ValueError) as e:
-    raise CheckpointError(f'{path}: invalid {name} hyperparameters: {e}') from e
+    return from_hyperparameters(name, dict(manifest['method'].get('hyperparameters') or {}))
+  except ValueError as e:
+    raise CheckpointError(f'{path}: {e}') from e
 
 
 def _read_params(directory: str, manifest: Dict[str, Any]) -> Dict[str, Any]:
@@ -295,7 +272,7 @@ def load_prompt(directory: str, model: Any = None) -> Tuple[Any, Dict[str, Any],
           f'has fingerprint {have}. A prompt only works on the exact backbone it was '
           f'trained on.')
   params = _read_params(directory, manifest)
-  if isinstance(method, PromptTuning):
+  if method.name == PromptTuning.name:
     if 'prompt' not in params:
       raise CheckpointError(f'{os.path.join(directory, PARAMS_FILE)}: a prompt_tuning '
                             f'checkpoint needs a "prompt" tensor, found {sorted(params)}')

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from jaxpt.models.model import Model
+from jaxpt.prompted.model import Model
 from jaxpt.models.scan import unstack_layers
 
 

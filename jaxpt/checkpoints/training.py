@@ -32,7 +32,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpt.checkpoints.errors import CheckpointError
-from jaxpt.train.step import TrainState
 
 MODES = ('max', 'min')
 
@@ -49,7 +48,7 @@ logging.getLogger('absl').addFilter(_QuietUntrackedSaves())
 
 class Restored(NamedTuple):
   """What `TrainCheckpointer.restore` returns."""
-  state: TrainState
+  state: Any
   data_position: int
   rng: jax.Array
   step: int
@@ -152,13 +151,14 @@ class TrainCheckpointer:
   def step_directory(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
 
-  def save(self, step: int, state: TrainState, data_position: int, rng: jax.Array,
+  def save(self, step: int, state: Any, data_position: int, rng: jax.Array,
            metrics: Optional[Mapping[str, Any]] = None) -> None:
     """Writes checkpoint `step` (then applies retention).
 
     Args:
       step: the step number (the directory name).
-      state: the train state; only its arrays are written.
+      state: the train state (`step`, `trainable`, `opt_state`); only its arrays are
+        written.
       data_position: batches consumed so far.
       rng: the run's base PRNG key (new-style or raw uint32).
       metrics: validation metrics (scalars) for best-checkpoint retention.
@@ -172,12 +172,13 @@ class TrainCheckpointer:
         state=ocp.args.StandardSave(tree), progress=ocp.args.JsonSave(progress)),
                        metrics=metrics, force=True)
 
-  def restore(self, step: Optional[int] = None, *, like: TrainState) -> Restored:
+  def restore(self, step: Optional[int] = None, *, like: Any) -> Restored:
     """Restores checkpoint `step` (default: the latest) into `like`'s structure.
 
     Args:
       step: which step; None for the latest.
-      like: a TrainState with the same tree, shapes and dtypes (arrays or
+      like: a train state (`jaxpt.train.step.TrainState`) with the same tree,
+        shapes and dtypes (arrays or
         ShapeDtypeStructs); restored arrays take its shardings.
 
     Raises:
@@ -205,8 +206,8 @@ class TrainCheckpointer:
     except Exception as e:  # orbax / tensorstore raise many types for bad files
       raise CheckpointError(f'{where}: could not restore the training checkpoint: '
                             f'{type(e).__name__}: {e}') from e
-    state = TrainState(step=tree['step'], trainable=tree['trainable'],
-                       opt_state=tree['opt_state'])
+    state = like.replace(step=tree['step'], trainable=tree['trainable'],
+                         opt_state=tree['opt_state'])
     return Restored(state=state, data_position=data_position, rng=rng, step=int(step))
 
   def wait(self) -> None:
@@ -216,13 +217,3 @@ class TrainCheckpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
-
-
-def latest_step(directory: str) -> Optional[int]:
-  """The latest finished step under `directory` (None if there is none)."""
-  directory = os.fspath(directory)
-  if not os.path.isdir(directory):
-    return None
-  steps = [int(n) for n in os.listdir(directory)
-           if n.isdigit() and os.path.isdir(os.path.join(directory, n))]
-  return max(steps) if steps else None

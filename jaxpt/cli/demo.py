@@ -31,11 +31,12 @@ import numpy as np
 import jaxpt
 from jaxpt.assets import mini_t5_path
 from jaxpt.checkpoints import prompts
-from jaxpt.cli.runs import score_split
 from jaxpt.data.text_classification import ClassificationBatches, encode_inputs, label_table
-from jaxpt.methods import PROMPT_ONLY, Backbone, PromptTuning, combine, partition
+from jaxpt.evaluate.splits import score_split
+from jaxpt.methods import PROMPT_ONLY, Backbone, PromptTuning
+from jaxpt.prompted.base import prompted_model
+from jaxpt.train.loop import train as train_loop
 from jaxpt.train.optim import make_optimizer
-from jaxpt.train.step import init_state, make_train_step
 
 PROMPT_LENGTH = 20
 LENGTHS = {'inputs': 64, 'targets': 4}  # the inputs include the prompt
@@ -109,35 +110,23 @@ def run(seed: int = 0, steps: int = 300, out_dir: str = os.path.join('runs', 'de
   majority = counts.max() / counts.sum()
 
   method = PromptTuning(length=PROMPT_LENGTH, initializer='class_labels', class_labels=words)
-  params = {'backbone': model.params, 'method': method.init(
-      jax.random.key(seed + 1), Backbone(model.config, model.params['token_embedder']['embedding'],
-                                         encode))}
-  zero_shot = score_split(model.config, method, params, task_name, eval_set,
+  prompted = prompted_model(model.config, method)
+  method_params = method.init(jax.random.key(seed + 1), Backbone(
+      model.config, model.params['token_embedder']['embedding'], encode))
+  params = {'backbone': model.params, 'method': method_params}
+  zero_shot = score_split(prompted, params, task_name, eval_set,
                           batch_size=64)['metrics']['accuracy'] / 100
-  trainable, frozen = partition(params, PROMPT_ONLY)
-  n_trainable = sum(x.size for x in jax.tree.leaves(trainable))
+  n_trainable = sum(x.size for x in jax.tree.leaves(method_params))
   print(f'  trainable: {n_trainable:,} prompt parameters ({PROMPT_LENGTH} x '
         f'{model.config.emb_dim}, class-label init); frozen: {model.num_params():,}')
   # Adam, not the paper's Adafactor at 0.3: on this tiny backbone it moves the prompt
   # much faster, and the demo has a couple of minutes.
   optimizer = make_optimizer('adamw', learning_rate, weight_decay=0.0)
-  state = init_state(trainable, optimizer)
-  step = jax.jit(make_train_step(model.config, method, optimizer), donate_argnums=0)
-  t0 = time.perf_counter()
-  for i in range(steps):
-    batch = batches(i)
-    state, metrics = step(state, frozen, batch, jax.random.key(seed + 2))
-    if i == 0:
-      print(f'  step    1/{steps}  loss {float(metrics["loss"]):.3f}  (compiled the step)',
-            flush=True)
-      t0 = time.perf_counter()
-    elif (i + 1) % 100 == 0 or i + 1 == steps:
-      elapsed = time.perf_counter() - t0
-      print(f'  step {i + 1:4d}/{steps}  loss {float(metrics["loss"]):.3f}  '
-            f'{i * batch_size / elapsed:,.0f} examples/s  ETA '
-            f'{(steps - i - 1) * elapsed / i:.0f}s', flush=True)
-  tuned_params = combine(state.trainable, frozen)
-  scored = score_split(model.config, method, tuned_params, task_name, eval_set, batch_size=64)
+  result = train_loop(prompted, model.params, method_params, batches, optimizer=optimizer,
+                 num_steps=steps, rng=jax.random.key(seed + 2), trainable_rules=PROMPT_ONLY,
+                 log_every=100, print_fn=lambda line: print('  ' + line, flush=True))
+  tuned_params = result.params
+  scored = score_split(prompted, tuned_params, task_name, eval_set, batch_size=64)
   tuned = scored['metrics']['accuracy'] / 100
 
   os.makedirs(out_dir, exist_ok=True)
@@ -147,8 +136,7 @@ def run(seed: int = 0, steps: int = 300, out_dir: str = os.path.join('runs', 'de
                       metrics={'accuracy': tuned})
   reloaded = jaxpt.load_model(backbone_dir, prompt=prompt_dir)
   first = {k: (v[:64] if k != 'vocabulary' else v) for k, v in eval_set.items()}
-  again = score_split(reloaded.config, reloaded.method, {
-      'backbone': reloaded.params, 'method': reloaded.method_params}, task_name, first)
+  again = score_split(reloaded.prompted, reloaded.all_params, task_name, first)
   same = again['predictions'] == scored['predictions'][:64]
   print(f'  wrote the prompt checkpoint (prompt/) and the backbone as HF (backbone_hf/) to '
         f'{out_dir}/; reloaded with jaxpt.load_model(backbone, prompt=...): the first 64 '

@@ -21,7 +21,7 @@ import gin
 
 from jaxpt.assets import mini_t5_path
 from jaxpt.methods import ModelTuning, MultitaskPromptTuning, PrefixTuning, PromptTuning, PTuning
-from jaxpt.methods.transfer import shared_prompt, source_prompt
+from jaxpt.checkpoints.transfer import shared_prompt, source_prompt
 from jaxpt.models.config import preset
 from jaxpt.train.optim import make_optimizer
 

@@ -40,6 +40,7 @@ from jaxpt import partitioning as pt
 from jaxpt.methods import EVERYTHING, PROMPT_ONLY, Backbone, partition
 from jaxpt.models.config import T5Config
 from jaxpt.models.t5 import abstract_params
+from jaxpt.prompted.base import PromptedModel, prompted_model
 
 GIB = 2**30
 _REEXEC_ENV = 'JAXPT_PLAN_CHILD'
@@ -105,22 +106,24 @@ def _bytes(mem: Any, name: str) -> int:
   return int(getattr(mem, name, 0) or 0)
 
 
-def plan_step(config: T5Config, method: Any, optimizer: Any, trainable_rules: Sequence[str],
+def plan_step(model: PromptedModel, optimizer: Any, trainable_rules: Sequence[str],
               batch_size: int, input_length: int, target_length: int,
-              partitioning: pt.PartitionConfig, *, label_smoothing: float = 0.0,
-              z_loss: float = 0.0, device_memory_gib: float = 16.0) -> Dict[str, Any]:
+              partitioning: pt.PartitionConfig, *,
+              device_memory_gib: float = 16.0) -> Dict[str, Any]:
   """Compiles the sharded step ahead of time for abstract inputs; returns its memory plan.
 
+  The step is `jaxpt.train.sharding.sharded_train_step`, the one `jaxpt train`
+  runs with the same model and partitioning.
+
   Args:
-    config: the backbone config (planned as given: set scan_layers before).
-    method: the soft-prompt method (its params' shapes come from eval_shape).
+    model: the prompted model (its config planned as given: set scan_layers
+      before; its method's params' shapes come from eval_shape).
     optimizer: the optax optimizer.
     trainable_rules: which leaves train (`split.PROMPT_ONLY`, `split.EVERYTHING`).
     batch_size: global batch size.
     input_length: encoder length the model sees, prompt included.
     target_length: decoder length.
     partitioning: the mesh and rules.
-    label_smoothing / z_loss: passed to the loss.
     device_memory_gib: the per-device memory to check the peak against.
 
   Returns:
@@ -129,15 +132,17 @@ def plan_step(config: T5Config, method: Any, optimizer: Any, trainable_rules: Se
     'temporaries', 'generated_code', 'peak'), 'fits', the mesh shape and the
     compile time.
   """
-  from jaxpt.train.step import init_state, make_train_step
+  from jaxpt.train.sharding import sharded_train_step
+  from jaxpt.train.step import init_state
 
-  mesh, rules = partitioning.mesh(), partitioning.rules()
+  config, method = model.config, model.method
   params = {'backbone': abstract_params(config),
             'method': _abstract_method_params(method, config)}
-  sh = pt.train_shardings(config, params, optimizer, trainable_rules, mesh, rules)
+  step, sh = sharded_train_step(model, params, optimizer, trainable_rules, partitioning)
+  mesh = sh.mesh
   trainable, frozen = partition(params, trainable_rules)
   state = jax.eval_shape(lambda t: init_state(t, optimizer), trainable)
-  enc_len = input_length - int(getattr(method, 'prompt_length', 0))
+  enc_len = input_length - method.prompt_length
   if enc_len <= 0:
     raise ValueError(f'input length {input_length} leaves no room beside the prompt '
                      f'({method.prompt_length})')
@@ -149,8 +154,6 @@ def plan_step(config: T5Config, method: Any, optimizer: Any, trainable_rules: Se
                      f"({mesh.shape['data']} = {mesh.size} devices / {mesh.shape['model']})")
   batch_sh = {k: sh.batch for k in batch}
   rng = jax.eval_shape(lambda: jax.random.key(0))
-  step = pt.shard_train_step(make_train_step(config, method, optimizer,
-                                             label_smoothing=label_smoothing, z_loss=z_loss), sh)
   args = (pt.abstract_with_shardings(state, sh.state), pt.abstract_with_shardings(frozen, sh.frozen),
           pt.abstract_with_shardings(batch, batch_sh),
           jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=sh.replicated))
@@ -220,19 +223,19 @@ def plan(*, model_config: T5Config = gin.REQUIRED, method: Any = gin.REQUIRED,
   lengths = dict(task_feature_lengths or {'inputs': 512, 'targets': 8})
   partitioning = partitioning or pt.PartitionConfig()
   config = model_config if scan_layers is None else model_config.replace(scan_layers=scan_layers)
+  model = prompted_model(config, method, label_smoothing=label_smoothing, z_loss=z_loss)
   print(f'planning {config.num_encoder_layers}+{config.num_decoder_layers} layers, '
         f'd_model {config.emb_dim}, dtype {config.dtype}, remat {config.remat_policy}, '
         f'scan_layers {config.scan_layers}; batch {batch_size} x inputs {lengths["inputs"]} '
-        f'(prompt {getattr(method, "prompt_length", 0)}) / targets {lengths["targets"]}',
+        f'(prompt {method.prompt_length}) / targets {lengths["targets"]}',
         flush=True)
   runs = [('configured run', tuple(trainable_rules))]
   if full_tuning and tuple(trainable_rules) != EVERYTHING:
     runs.append(('full model tuning (trainable rule "everything")', EVERYTHING))
   plans = []
   for title, rules in runs:
-    p = plan_step(config, method, optimizer, rules, batch_size, lengths['inputs'],
-                  lengths['targets'], partitioning, label_smoothing=label_smoothing,
-                  z_loss=z_loss, device_memory_gib=device_memory_gib)
+    p = plan_step(model, optimizer, rules, batch_size, lengths['inputs'], lengths['targets'],
+                  partitioning, device_memory_gib=device_memory_gib)
     p['title'] = title
     print(format_plan(title, p), flush=True)
     plans.append(p)

@@ -16,15 +16,16 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 
 import gin
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 import jaxpt
-from jaxpt.evaluate.decoding import greedy_decode
-from jaxpt.evaluate.rank_classification import rank_classify
+from jaxpt.checkpoints.prompts import MANIFEST, load_prompt
+from jaxpt.data.features import pad_rows
+from jaxpt.evaluate.splits import predict_texts, score_split
 from jaxpt.methods import PROMPT_ONLY, Backbone, partition
 from jaxpt.models.config import T5Config
-from jaxpt.models.t5 import T5, init_params
+from jaxpt.models.t5 import init_params
+from jaxpt.prompted.base import prompted_model
+from jaxpt.vocabulary import EOS_ID
 
 CONFIG_FILE = 'config.gin'
 OPERATIVE_CONFIG_FILE = 'operative_config.gin'
@@ -69,7 +70,7 @@ def _backbone(initial_checkpoint_path: Optional[str], model_config: Optional[T5C
 
 def _check_placement(method: Any) -> None:
   """SeqIO tasks give formatted inputs: a template has no fields to place prompts between."""
-  if getattr(method, 'places_prompt', False):
+  if method.places_prompt:
     raise ValueError(
         f'{method.name} template {method.template!r} places prompt tokens inside the input, '
         f"but the jaxpt command feeds the tasks' formatted inputs, which have no template "
@@ -104,77 +105,6 @@ def _write_scalars(writer: Any, step: int, values: Mapping[str, Any]) -> None:
   writer.flush()
 
 
-# ----------------------------------------------------------------------------- evaluation
-
-
-def label_token_table(task_name: str, encode) -> Optional[np.ndarray]:
-  """[num_labels, T] tokens of every label word + EOS, or None for free-text tasks."""
-  import tasks
-  try:
-    words = tasks.label_words(task_name)
-  except (KeyError, ValueError):
-    return None
-  if not words:
-    return None
-  rows = [encode(w) + [1] for w in words]
-  table = np.zeros((len(rows), max(map(len, rows))), np.int32)
-  for i, row in enumerate(rows):
-    table[i, :len(row)] = row
-  return table
-
-
-def score_split(config: T5Config, method: Any, params: Dict[str, Any], task_name: str,
-                examples: Mapping[str, Any], batch_size: int = 32,
-                max_decode_length: int = 16) -> Dict[str, Any]:
-  """Predictions and the task's metrics for a split.
-
-  Classification tasks use rank classification over the label words (the
-  paper's evaluation); free-text tasks use greedy decoding.
-  """
-  import tasks
-  vocab = examples['vocabulary']
-  encode = lambda text: list(vocab.encode(text))
-  table = label_token_table(task_name, encode)
-
-  @jax.jit
-  def rank(p, enc):
-    s = method.soft_inputs(p.get('method', {}), config, enc.shape[0])
-    preds, scores = rank_classify(T5(config, s.prefix_position), p['backbone'], enc,
-                                  jnp.asarray(table), prompt=s.prompt, prefixes=s.prefixes)
-    return preds
-
-  @jax.jit
-  def generate(p, enc):
-    s = method.soft_inputs(p.get('method', {}), config, enc.shape[0])
-    return greedy_decode(T5(config, s.prefix_position), p['backbone'], enc, max_decode_length,
-                         prompt=s.prompt, prefixes=s.prefixes)
-
-  inputs = examples['inputs']
-  n = inputs.shape[0]
-  predictions, texts = [], []
-  for start in range(0, n, batch_size):
-    chunk = inputs[start:start + batch_size]
-    pad = batch_size - chunk.shape[0]
-    padded = np.pad(chunk, ((0, pad), (0, 0))) if pad else chunk
-    if table is not None:
-      out = np.asarray(rank(params, padded))[:batch_size - pad]
-      predictions += [int(i) for i in out]
-      texts += [tasks.label_words(task_name)[int(i)] for i in out]
-    else:
-      out = np.asarray(generate(params, padded))[:batch_size - pad]
-      for row in out:
-        text = vocab.decode([int(t) for t in row if t > 1])
-        texts.append(text)
-        predictions.append(tasks.postprocess(task_name, text))
-  targets = [tasks.postprocess(task_name, t) for t in examples['target_texts']]
-  try:
-    metrics = tasks.metrics.compute(task_name, targets, predictions)
-  except ValueError as e:  # e.g. MultiRC without question groups: report accuracy
-    metrics = {'accuracy': 100.0 * float(np.mean(np.asarray(targets) == np.asarray(predictions))),
-               'note': str(e)}
-  return {'metrics': metrics, 'predictions': texts, 'targets': examples['target_texts']}
-
-
 # ------------------------------------------------------------------------------- the runs
 
 
@@ -189,7 +119,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           eval_split: Optional[str] = 'validation', eval_every: Optional[int] = None,
           eval_examples: Optional[int] = None, best_metric: Optional[str] = None,
           checkpoint_every: int = 1000, keep_checkpoints: int = 3, log_every: int = 100,
-          label_smoothing: float = 0.0, z_loss: float = 1e-4,
+          label_smoothing: float = 0.0, z_loss: float = 0.0,
           partitioning: Optional[Any] = None) -> Dict[str, Any]:
   """Tunes `method` on a frozen backbone; see gin/runs/train.gin for the macros.
 
@@ -205,6 +135,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   with open(os.path.join(model_dir, CONFIG_FILE), 'w') as f:
     f.write(gin.config_str())
   model = _backbone(initial_checkpoint_path, model_config, seed)
+  prompted = prompted_model(model.config, method, label_smoothing=label_smoothing, z_loss=z_loss)
   method_params = method.init(jax.random.key(seed + 1), Backbone(
       model.config, model.params['token_embedder']['embedding'], _vocabulary_encoder(task)))
   batches = TrainBatches(mixture_or_task_name, lengths, batch_size, seed=seed)
@@ -213,7 +144,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   if eval_split and eval_every:
     examples = read_eval(mixture_or_task_name, lengths, eval_split, eval_examples)
     eval_fn = lambda params, step: {k: v for k, v in score_split(
-        model.config, method, params, mixture_or_task_name, examples)['metrics'].items()
+        prompted, params, mixture_or_task_name, examples)['metrics'].items()
                                     if isinstance(v, (int, float))}
   writers = {}
 
@@ -224,12 +155,12 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     _write_scalars(writers[split], int(record['step']), record)
 
   result = train_loop(
-      model.config, model.params, method, method_params, batches, optimizer=optimizer,
+      prompted, model.params, method_params, batches, optimizer=optimizer,
       num_steps=train_steps, rng=jax.random.key(seed + 2), trainable_rules=trainable_rules,
       model_dir=model_dir, checkpoint_every=checkpoint_every, keep=keep_checkpoints,
       eval_fn=eval_fn, eval_every=eval_every, best_metric=best_metric,
       log_every=log_every, on_metrics=on_metrics, backbone_source=model.source,
-      label_smoothing=label_smoothing, z_loss=z_loss, partitioning=partitioning)
+      partitioning=partitioning)
   with open(os.path.join(model_dir, OPERATIVE_CONFIG_FILE), 'w') as f:
     f.write(gin.operative_config_str())
   if 'backbone' in partition(result.params, trainable_rules)[0]:  # the backbone was tuned
@@ -242,13 +173,12 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
 
 def _load_tuned(model_dir: str, initial_checkpoint_path: Optional[str],
                 model_config: Optional[T5Config], seed: int, prompt_dir: Optional[str]):
-  from jaxpt.checkpoints import prompts
   model = _backbone(initial_checkpoint_path, model_config, seed)
   path = prompt_dir or os.path.join(model_dir, 'prompt')
   if not os.path.isdir(path):
     raise FileNotFoundError(f'no prompt checkpoint at {path}: run `jaxpt train` with this '
                             f'MODEL_DIR first, or set PROMPT_DIR')
-  method, method_params, manifest = prompts.load_prompt(path, model)
+  method, method_params, manifest = load_prompt(path, model)
   _check_placement(method)
   return model, method, method_params, path
 
@@ -269,14 +199,16 @@ def evaluate(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.R
   _, lengths = _task_setup(mixture_or_task_name, task_feature_lengths, method.prompt_length)
   examples = read_eval(mixture_or_task_name, lengths, split, max_examples)
   start = time.time()
-  out = score_split(model.config, method, {'backbone': model.params, 'method': method_params},
+  out = score_split(prompted_model(model.config, method),
+                    {'backbone': model.params, 'method': method_params},
                     mixture_or_task_name, examples, batch_size=batch_size)
   record = {'split': split, 'task': mixture_or_task_name, 'prompt': path,
             'examples': len(out['targets']), **out['metrics'],
             'seconds': round(time.time() - start, 2)}
   with open(os.path.join(model_dir, 'eval_metrics.jsonl'), 'a') as f:
     f.write(json.dumps(record) + '\n')
-  step = json.load(open(os.path.join(path, 'jaxpt_prompt.json'))).get('step') or 0
+  with open(os.path.join(path, MANIFEST)) as f:
+    step = json.load(f).get('step') or 0
   _write_scalars(_tensorboard_writer(os.path.join(model_dir, f'eval_{split}')), int(step),
                  out['metrics'])
   print(f'{mixture_or_task_name} {split}: ' + ', '.join(
@@ -305,10 +237,8 @@ def infer(*, model_dir: str = gin.REQUIRED, task_feature_lengths: Mapping[str, i
       raise FileNotFoundError(f'INPUT_TSV {input_tsv!r} does not exist')
     vocab = tasks.t5_vocabulary()
     texts = [line.rstrip('\n').split('\t')[0] for line in open(input_tsv) if line.strip()]
-    rows = [vocab.encode(t)[:lengths['inputs'] - 1] + [1] for t in texts]
-    tokens = np.zeros((len(rows), lengths['inputs']), np.int32)
-    for i, row in enumerate(rows):
-      tokens[i, :len(row)] = row
+    tokens = pad_rows([vocab.encode(t)[:lengths['inputs'] - 1] + [EOS_ID] for t in texts],
+                      lengths['inputs'])
     examples = {'inputs': tokens, 'input_texts': texts, 'target_texts': [''] * len(texts),
                 'vocabulary': vocab}
   elif mixture_or_task_name:
@@ -317,25 +247,14 @@ def infer(*, model_dir: str = gin.REQUIRED, task_feature_lengths: Mapping[str, i
   else:
     raise ValueError('infer needs INPUT_TSV or MIXTURE_OR_TASK_NAME')
   params = {'backbone': model.params, 'method': method_params}
-
-  @jax.jit
-  def generate(p, enc):
-    s = method.soft_inputs(p['method'], model.config, enc.shape[0])
-    return greedy_decode(T5(model.config, s.prefix_position), p['backbone'], enc,
-                         max_decode_length, prompt=s.prompt, prefixes=s.prefixes)
-
+  texts = predict_texts(prompted_model(model.config, method), params, examples['inputs'], vocab,
+                        batch_size=batch_size, max_decode_length=max_decode_length)
   output_file = output_file or os.path.join(model_dir, 'predictions.jsonl')
-  n = examples['inputs'].shape[0]
+  n = len(texts)
   with open(output_file, 'w') as f:
-    for start in range(0, n, batch_size):
-      chunk = examples['inputs'][start:start + batch_size]
-      pad = batch_size - chunk.shape[0]
-      out = np.asarray(generate(params, np.pad(chunk, ((0, pad), (0, 0)))))[:chunk.shape[0]]
-      for i, row in enumerate(out):
-        j = start + i
-        text = vocab.decode([int(t) for t in row if t > 1])
-        f.write(json.dumps({'input': examples['input_texts'][j], 'prediction': text,
-                            'target': examples['target_texts'][j]}) + '\n')
+    for j, text in enumerate(texts):
+      f.write(json.dumps({'input': examples['input_texts'][j], 'prediction': text,
+                          'target': examples['target_texts'][j]}) + '\n')
   print(f'wrote {n} predictions to {output_file}', flush=True)
   return output_file
 
@@ -347,7 +266,7 @@ def export(*, model_dir: str = gin.REQUIRED, output_dir: str = gin.REQUIRED,
            prompt_dir: Optional[str] = None) -> str:
   """Writes the trained prompt as a peft adapter (`fmt='peft'`) or the backbone as an HF
   directory (`fmt='hf'`, with the prompt exported beside it as `adapter/`)."""
-  from jaxpt.interop.peft import export_peft
+  from jaxpt.checkpoints.peft import export_peft
 
   output_dir = _writable_dir(output_dir, 'OUTPUT_DIR')
   model, method, method_params, _ = _load_tuned(model_dir, initial_checkpoint_path,

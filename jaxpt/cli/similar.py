@@ -8,7 +8,7 @@ from typing import Callable, List
 
 from jaxpt.checkpoints import prompts
 from jaxpt.checkpoints.errors import CheckpointError
-from jaxpt.methods import transfer
+from jaxpt.checkpoints import transfer
 
 
 def table(query: str, rows: List, by: str) -> List[str]:

@@ -1,10 +1,10 @@
-"""Span-corruption / prefix-LM batches and their loss, without TensorFlow.
+"""Span-corruption / prefix-LM batches, without TensorFlow.
 
 The same examples as the SeqIO tasks `corpus_span_corruption*` and
 `corpus_prefix_lm*` (`tasks.objectives.objective_examples` over
 `tasks.corpus` documents), tokenized with SentencePiece directly: for
-measuring a backbone's held-out pretraining loss cheaply (tests, the mini
-backbone's metadata).
+measuring a backbone's held-out pretraining loss cheaply with
+`jaxpt.evaluate.held_out.mean_loss` (tests, the mini backbone's metadata).
 """
 
 from __future__ import annotations
@@ -13,10 +13,8 @@ from typing import Dict, Iterator, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
-from jaxpt.models.model import Model
-from jaxpt.train.loss import loss_and_metrics
-
-EOS = 1
+from jaxpt.data.features import pad_rows, shift_right
+from jaxpt.vocabulary import EOS_ID
 
 
 def encode_documents(texts: Sequence[str], vocab_path: str) -> List[List[int]]:
@@ -46,28 +44,9 @@ def objective_batches(documents: Sequence[Sequence[int]], objective: str, vocab_
 
 def _features(pairs: Sequence[Tuple[np.ndarray, np.ndarray]], lengths: Mapping[str, int]
               ) -> Dict[str, np.ndarray]:
-  n = len(pairs)
-  enc = np.zeros((n, lengths['inputs']), np.int32)
-  tgt = np.zeros((n, lengths['targets']), np.int32)
-  for i, (inputs, targets) in enumerate(pairs):
-    row = list(inputs[:lengths['inputs'] - 1]) + [EOS]
-    enc[i, :len(row)] = row
-    row = list(targets[:lengths['targets'] - 1]) + [EOS]
-    tgt[i, :len(row)] = row
-  dec = np.concatenate([np.zeros((n, 1), np.int32), tgt[:, :-1]], axis=1)
-  return {'encoder_input_tokens': enc, 'decoder_input_tokens': dec,
+  enc = pad_rows([list(i[:lengths['inputs'] - 1]) + [EOS_ID] for i, _ in pairs],
+                 lengths['inputs'])
+  tgt = pad_rows([list(t[:lengths['targets'] - 1]) + [EOS_ID] for _, t in pairs],
+                 lengths['targets'])
+  return {'encoder_input_tokens': enc, 'decoder_input_tokens': shift_right(tgt),
           'decoder_target_tokens': tgt}
-
-
-def mean_loss(model: Model, batches: Sequence[Dict[str, np.ndarray]]) -> float:
-  """Token-weighted mean cross-entropy (nats per target token, EOS included, no z-loss)."""
-  total, count = 0.0, 0.0
-  for batch in batches:
-    logits = model.logits(batch['encoder_input_tokens'], batch['decoder_input_tokens'])
-    weights = (batch['decoder_target_tokens'] > 0).astype(np.float32)
-    _, metrics = loss_and_metrics(logits, batch['decoder_target_tokens'], weights)
-    total += float(metrics['loss']) * float(metrics['num_tokens'])
-    count += float(metrics['num_tokens'])
-  if not count:
-    raise ValueError('no target tokens to measure a loss on')
-  return total / count

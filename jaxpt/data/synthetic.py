@@ -12,6 +12,8 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from jaxpt.data.features import shift_right
+
 FIRST_ID = 3  # 0 pad, 1 eos, 2 unk
 LABEL_IDS = (11, 10)  # class 0, class 1
 
@@ -29,8 +31,7 @@ def two_class_batch(batch_size: int, seed: int, vocab_size: int = 64,
   enc = np.where(label[:, None] == 1, low, high).astype(np.int32)
   targets = np.stack([np.asarray(LABEL_IDS)[label], np.ones(batch_size, int)], axis=1)
   targets = targets.astype(np.int32)
-  dec = np.concatenate([np.zeros((batch_size, 1), np.int32), targets[:, :-1]], axis=1)
-  return dict(encoder_input_tokens=enc, decoder_input_tokens=dec,
+  return dict(encoder_input_tokens=enc, decoder_input_tokens=shift_right(targets),
               decoder_target_tokens=targets), label.astype(np.int32)
 
 
@@ -62,6 +63,6 @@ def multi_task_batch(batch_size: int, seed: int, num_tasks: int = 3, vocab_size:
     task_ids = np.full(batch_size, task)
   words = np.asarray([task_label_ids(k) for k in range(num_tasks)])[task_ids, label]
   targets = np.stack([words, np.ones(batch_size, int)], axis=1).astype(np.int32)
-  dec = np.concatenate([np.zeros((batch_size, 1), np.int32), targets[:, :-1]], axis=1)
-  return dict(features, decoder_input_tokens=dec, decoder_target_tokens=targets,
+  return dict(features, decoder_input_tokens=shift_right(targets),
+              decoder_target_tokens=targets,
               task_ids=task_ids.astype(np.int32)), label

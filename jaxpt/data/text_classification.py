@@ -12,18 +12,16 @@ from typing import Callable, Dict, Sequence
 
 import numpy as np
 
-EOS = 1
+from jaxpt.data.features import pad_rows, shift_right
+from jaxpt.vocabulary import EOS_ID
+
 
 Encode = Callable[[str], Sequence[int]]
 
 
 def encode_inputs(texts: Sequence[str], encode: Encode, length: int) -> np.ndarray:
   """[n, length] ids: each text cut to leave room for EOS, then EOS, then padding."""
-  out = np.zeros((len(texts), length), np.int32)
-  for i, text in enumerate(texts):
-    row = list(encode(text))[:length - 1] + [EOS]
-    out[i, :len(row)] = row
-  return out
+  return pad_rows([list(encode(text))[:length - 1] + [EOS_ID] for text in texts], length)
 
 
 def label_table(words: Sequence[str], encode: Encode, length: int) -> np.ndarray:
@@ -54,7 +52,6 @@ class ClassificationBatches:
     rows = np.random.default_rng([self.seed, position]).integers(0, len(self.inputs),
                                                                  self.batch_size)
     targets = self.table[self.labels[rows]]
-    decoder_inputs = np.concatenate(
-        [np.zeros((self.batch_size, 1), np.int32), targets[:, :-1]], axis=1)
-    return {'encoder_input_tokens': self.inputs[rows], 'decoder_input_tokens': decoder_inputs,
+    return {'encoder_input_tokens': self.inputs[rows],
+            'decoder_input_tokens': shift_right(targets),
             'decoder_target_tokens': targets}

@@ -12,27 +12,22 @@ from typing import Any, Tuple
 import jax
 import jax.numpy as jnp
 
-from jaxpt.evaluate.rank_classification import rank_classify
-from jaxpt.methods.interface import Method
-from jaxpt.models.config import T5Config
-from jaxpt.models.t5 import T5
+from jaxpt.prompted.base import PromptedModel
 
 Array = jax.Array
 COMBINE = ('average', 'vote')
 
 
-def ensemble_rank_classify(config: T5Config, method: Method, params: Any, encoder_tokens: Array,
-                           label_tokens: Array, num_prompts: int, combine: str = 'vote'
-                           ) -> Tuple[Array, Array]:
+def ensemble_rank_classify(model: PromptedModel, params: Any, encoder_tokens: Array,
+                           label_tokens: Array, combine: str = 'vote') -> Tuple[Array, Array]:
   """Rank classification by an ensemble of the method's `num_prompts` prompts.
 
   Args:
-    config: the backbone config.
-    method: a method holding `num_prompts` prompts side by side (task ids 0..N-1).
+    model: a prompted model whose method holds N = `method.num_prompts` prompts
+      side by side (task ids 0..N-1).
     params: {'backbone': ..., 'method': ...}.
     encoder_tokens: int [batch, length].
     label_tokens: int [num_labels, T] (label words + EOS, 0-padded).
-    num_prompts: N.
     combine: 'average' (mean log-likelihood per label) or 'vote' (majority of the
       per-prompt predictions; ties go to the lower label id).
 
@@ -41,12 +36,10 @@ def ensemble_rank_classify(config: T5Config, method: Method, params: Any, encode
   """
   if combine not in COMBINE:
     raise ValueError(f'combine must be one of {COMBINE}, got {combine!r}')
-  batch = encoder_tokens.shape[0]
+  batch, num_prompts = encoder_tokens.shape[0], model.method.num_prompts
   tiled = jnp.tile(encoder_tokens, (num_prompts, 1))  # prompt-major: [N * batch, length]
   task_ids = jnp.repeat(jnp.arange(num_prompts, dtype=jnp.int32), batch)
-  soft = method.soft_inputs(params['method'], config, tiled.shape[0], task_ids)
-  _, scores = rank_classify(T5(config, soft.prefix_position), params['backbone'], tiled,
-                            label_tokens, prompt=soft.prompt, prefixes=soft.prefixes)
+  _, scores = model.score(params, tiled, label_tokens, task_ids)
   scores = scores.reshape(num_prompts, batch, -1)
   if combine == 'average':
     return jnp.argmax(scores.mean(axis=0), axis=-1).astype(jnp.int32), scores

@@ -19,7 +19,7 @@ rank-r columns do not stay symmetric once training moves v_k.
 
 Per-task prompts are ordinary prompts: `task_prompt(params, k)` is a
 `PromptTuning` (method, params) pair for `jaxpt.checkpoints.prompts.save_prompt`
-and `jaxpt.interop.peft.export_peft` (a peft PROMPT_TUNING adapter).
+and `jaxpt.checkpoints.peft.export_peft` (a peft PROMPT_TUNING adapter).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Distillation from frozen teacher prompts (MPT's step (b), Wang et al. 2023).
 
-The objective adds, to the task loss of `jaxpt.train.loss`, two terms that pull
+The objective adds, to the task loss of `jaxpt.prompted.loss`, two terms that pull
 the student's outputs towards the teachers' on the same batch:
 
   kl_weight     * KL(teacher || student) of the output distributions at
@@ -26,10 +26,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxpt.methods.interface import Method
-from jaxpt.models.config import T5Config
-from jaxpt.train.loss import loss_and_metrics
-from jaxpt.train.step import TrainState, forward_hidden, loss_weights, make_step
+from jaxpt.prompted.base import PromptedModel, loss_weights
+from jaxpt.train.step import TrainState, make_step
 
 Array = jax.Array
 Batch = Mapping[str, Array]
@@ -78,15 +76,14 @@ def hidden_mse(student_encoded: Array, teacher_encoded: Array, input_valid: Arra
   return jnp.sum(sq * mask) / denom
 
 
-def distillation_loss(config: T5Config, student: Method, distillation: Distillation,
+def distillation_loss(student: PromptedModel, distillation: Distillation,
                       params: Dict[str, Any], batch: Batch, *, deterministic: bool = True,
-                      rng: Optional[Array] = None, label_smoothing: float = 0.0,
-                      z_loss: float = 0.0) -> Tuple[Array, Dict[str, Array]]:
+                      rng: Optional[Array] = None) -> Tuple[Array, Dict[str, Array]]:
   """(loss, metrics) = task loss + weighted KL + weighted hidden MSE.
 
   Args:
-    config: the backbone's config.
-    student: the method being trained (params['method']).
+    student: the prompted model being trained (its method's params are
+      params['method']; its label smoothing and z-loss make the task loss).
     distillation: the teachers' method (params['teacher']) and weights.
     params: {'backbone', 'method', 'teacher'}.
     batch: T5X features (with `task_ids` for per-task teachers).
@@ -98,24 +95,22 @@ def distillation_loss(config: T5Config, student: Method, distillation: Distillat
   if TEACHER not in params:
     raise ValueError(f"distillation needs the teachers' params under params[{TEACHER!r}]; "
                      f'found keys {sorted(params)}')
-  logits, encoded, valid = forward_hidden(config, student, params, batch,
-                                          deterministic=deterministic, rng=rng)
+  logits, encoded, valid = student.logits_and_hidden(params, batch, deterministic=deterministic,
+                                                     rng=rng)
+  teacher = dataclasses.replace(student, method=distillation.teacher)
   teacher_params = {'backbone': params['backbone'], 'method': params[TEACHER]}
   t_logits, t_encoded, _ = jax.lax.stop_gradient(
-      forward_hidden(config, distillation.teacher, teacher_params, batch))
-  weights = loss_weights(batch)
-  task_loss, metrics = loss_and_metrics(logits, batch['decoder_target_tokens'], weights,
-                                        label_smoothing=label_smoothing, z_loss=z_loss)
-  kl = kl_divergence(logits, t_logits, weights, distillation.temperature)
-  student_p, teacher_p = student.prompt_length, distillation.teacher.prompt_length
+      teacher.logits_and_hidden(teacher_params, batch))
+  task_loss, metrics = student.loss_of_logits(logits, batch)
+  kl = kl_divergence(logits, t_logits, loss_weights(batch), distillation.temperature)
+  student_p, teacher_p = student.method.prompt_length, distillation.teacher.prompt_length
   mse = hidden_mse(encoded[:, student_p:], t_encoded[:, teacher_p:], valid[:, student_p:])
   loss = task_loss + distillation.kl_weight * kl + distillation.hidden_weight * mse
   return loss, dict(metrics, loss=loss, task_loss=task_loss, kl=kl, hidden_mse=mse)
 
 
-def make_distill_step(config: T5Config, student: Method, distillation: Distillation,
-                      optimizer: optax.GradientTransformation, *, label_smoothing: float = 0.0,
-                      z_loss: float = 0.0
+def make_distill_step(student: PromptedModel, distillation: Distillation,
+                      optimizer: optax.GradientTransformation
                       ) -> Callable[[TrainState, Any, Batch, Array], Tuple[TrainState, Dict]]:
   """`jaxpt.train.step.make_step` with `distillation_loss` as the objective.
 
@@ -124,8 +119,7 @@ def make_distill_step(config: T5Config, student: Method, distillation: Distillat
   """
 
   def objective(params, batch, rng):
-    return distillation_loss(config, student, distillation, params, batch,
-                             deterministic=False, rng=rng, label_smoothing=label_smoothing,
-                             z_loss=z_loss)
+    return distillation_loss(student, distillation, params, batch, deterministic=False,
+                             rng=rng)
 
   return make_step(objective, optimizer)

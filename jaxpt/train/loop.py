@@ -30,11 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxpt.methods.interface import Method
 from jaxpt.methods.prompt import check_task_ids
+from jaxpt.partitioning import place
 from jaxpt.methods.split import PROMPT_ONLY, combine, partition
-from jaxpt.models.config import T5Config
+from jaxpt.prompted.base import PromptedModel
+from jaxpt.prompted.model import Model
 from jaxpt.train.distill import TEACHER, make_distill_step
+from jaxpt.train.sharding import sharded_train_step
 from jaxpt.train.step import TrainState, init_state, make_train_step
 
 Batch = Mapping[str, Any]
@@ -87,30 +89,19 @@ class TrainResult(NamedTuple):
   checkpoint_dir: Optional[str]
 
 
-def _make_step(config: T5Config, method: Method, optimizer: optax.GradientTransformation,
-               label_smoothing: float, z_loss: float, distillation: Any = None) -> Callable:
+def _make_step(model: PromptedModel, optimizer: optax.GradientTransformation,
+               distillation: Any = None) -> Callable:
   """The task step, or the distillation step when `distillation` is given."""
   if distillation is None:
-    return make_train_step(config, method, optimizer, label_smoothing=label_smoothing,
-                           z_loss=z_loss)
-  return make_distill_step(config, method, distillation, optimizer,
-                           label_smoothing=label_smoothing, z_loss=z_loss)
+    return make_train_step(model, optimizer)
+  return make_distill_step(model, distillation, optimizer)
 
 
 @functools.lru_cache(maxsize=8)
-def _jitted_step(config: T5Config, method: Method, optimizer: optax.GradientTransformation,
-                 label_smoothing: float, z_loss: float, distillation: Any = None) -> Callable:
+def _jitted_step(model: PromptedModel, optimizer: optax.GradientTransformation,
+                 distillation: Any = None) -> Callable:
   """The jitted step, state donated; cached so a resumed run in-process reuses the compile."""
-  return jax.jit(_make_step(config, method, optimizer, label_smoothing, z_loss, distillation),
-                 donate_argnums=(0,))
-
-
-def _num_task_prompts(method: Method) -> Optional[int]:
-  """How many task prompts a method keeps (None: it reads no task ids)."""
-  if hasattr(method, 'num_tasks'):
-    return int(method.num_tasks)
-  count = getattr(method, 'num_prompts', 1)
-  return int(count) if count > 1 else None
+  return jax.jit(_make_step(model, optimizer, distillation), donate_argnums=(0,))
 
 
 def _scalars(metrics: Mapping[str, Any]) -> Dict[str, float]:
@@ -169,7 +160,7 @@ def _read_best(directory: str, metric: str) -> Optional[float]:
   return None if value is None else float(value)
 
 
-def train(config: T5Config, backbone_params: Any, method: Method, method_params: Any,
+def train(model: PromptedModel, backbone_params: Any, method_params: Any,
           batches: Callable[[int], Batch], *, optimizer: optax.GradientTransformation,
           num_steps: int, rng: jax.Array, trainable_rules: Sequence[str] = PROMPT_ONLY,
           model_dir: Optional[str] = None, checkpoint_every: int = 1000, keep: int = 3,
@@ -177,18 +168,17 @@ def train(config: T5Config, backbone_params: Any, method: Method, method_params:
           eval_every: Optional[int] = None, best_metric: Optional[str] = None,
           best_mode: str = 'max', log_every: int = 100,
           on_metrics: Optional[Callable[[Dict[str, Any]], None]] = None,
-          backbone_source: str = '', label_smoothing: float = 0.0, z_loss: float = 0.0,
-          async_checkpoints: bool = True,
+          backbone_source: str = '', async_checkpoints: bool = True,
           print_fn: Optional[Callable[[str], None]] = print,
           partitioning: Optional[Any] = None, distillation: Optional[Any] = None,
           teacher_params: Any = None) -> TrainResult:
   """Trains `method_params` (or whatever `trainable_rules` selects) on a frozen backbone.
 
   Args:
-    config: the backbone's T5Config.
+    model: the prompted model (backbone config, method, loss settings); the
+      step minimizes `model.loss`.
     backbone_params: the backbone's parameters (never modified unless
       `trainable_rules` selects them).
-    method: the soft-prompt method (PromptTuning, PrefixTuning, ModelTuning).
     method_params: its initial parameters (`method.init(...)`); not donated.
     batches: data position k -> the k-th batch, a dict of numpy arrays with
       encoder_input_tokens, decoder_input_tokens, decoder_target_tokens and
@@ -211,8 +201,6 @@ def train(config: T5Config, backbone_params: Any, method: Method, method_params:
     log_every: steps between progress lines / metrics.jsonl records.
     on_metrics: called with each record written to metrics.jsonl.
     backbone_source: where the backbone came from, recorded in prompt checkpoints.
-    label_smoothing: passed to the loss.
-    z_loss: passed to the loss.
     async_checkpoints: write checkpoints in the background.
     print_fn: where progress lines go (None: silent).
     partitioning: a `jaxpt.partitioning.PartitionConfig` (or anything with
@@ -246,10 +234,8 @@ def train(config: T5Config, backbone_params: Any, method: Method, method_params:
 
   if (distillation is None) != (teacher_params is None):
     raise ValueError('distillation and teacher_params go together: pass both or neither')
-  if distillation is not None and partitioning is not None:
-    raise ValueError('distillation does not support partitioning yet: train without '
-                     'partitioning, or without teachers')
-  num_task_prompts = _num_task_prompts(method)
+  config, method = model.config, model.method
+  num_task_prompts = method.num_prompts if method.num_prompts > 1 else None
   params = {'backbone': backbone_params, 'method': method_params or {}}
   if distillation is not None:
     params[TEACHER] = teacher_params
@@ -262,14 +248,11 @@ def train(config: T5Config, backbone_params: Any, method: Method, method_params:
   state = init_state(trainable, optimizer)
   sharded_step = None
   if partitioning is not None:
-    from jaxpt import partitioning as pt
-    shardings = pt.train_shardings(config, params, optimizer, trainable_rules,
-                                   partitioning.mesh(), partitioning.rules())
-    state, frozen = pt.place(state, shardings.state), pt.place(frozen, shardings.frozen)
+    sharded_step, shardings = sharded_train_step(
+        model, params, optimizer, trainable_rules, partitioning,
+        step=_make_step(model, optimizer, distillation))
+    state, frozen = place(state, shardings.state), place(frozen, shardings.frozen)
     state = jax.tree.map(jnp.copy, state)  # never donate the caller's arrays
-    sharded_step = pt.shard_train_step(
-        make_train_step(config, method, optimizer, label_smoothing=label_smoothing,
-                        z_loss=z_loss), shardings)
   export_prompts = (model_dir is not None and 'backbone' not in trainable
                     and bool(jax.tree.leaves(trainable.get('method', {}))))
 
@@ -277,7 +260,7 @@ def train(config: T5Config, backbone_params: Any, method: Method, method_params:
   checkpointer = None
   metrics_path = None
   best_value = None
-  model = None
+  backbone = None
   if model_dir is not None:
     model_dir = os.path.abspath(os.fspath(model_dir))
     os.makedirs(model_dir, exist_ok=True)
@@ -294,8 +277,7 @@ def train(config: T5Config, backbone_params: Any, method: Method, method_params:
     metrics_path = os.path.join(model_dir, METRICS_FILE)
     _truncate_metrics(metrics_path, start)
     if export_prompts:
-      from jaxpt.models.model import Model
-      model = Model(config, backbone_params, source=backbone_source)
+      backbone = Model(config, backbone_params, source=backbone_source)
       if best_metric is not None:
         best_value = _read_best(os.path.join(model_dir, BEST_PROMPT_DIR), best_metric)
 
@@ -303,11 +285,9 @@ def train(config: T5Config, backbone_params: Any, method: Method, method_params:
   # fresh one must be too, or the two would compile separately.
   state = jax.tree.map(lambda x: jax.device_put(x, x.sharding), state)
   try:
-    step_fn = sharded_step or _jitted_step(config, method, optimizer, label_smoothing, z_loss,
-                                           distillation)
+    step_fn = sharded_step or _jitted_step(model, optimizer, distillation)
   except TypeError:  # an unhashable method or optimizer: compile for this call only
-    step_fn = jax.jit(_make_step(config, method, optimizer, label_smoothing, z_loss,
-                                 distillation), donate_argnums=(0,))
+    step_fn = jax.jit(_make_step(model, optimizer, distillation), donate_argnums=(0,))
   history: List[Dict[str, Any]] = []
 
   def record(entry: Dict[str, Any]) -> None:
@@ -389,15 +369,15 @@ def train(config: T5Config, backbone_params: Any, method: Method, method_params:
 
       if do_save:
         checkpointer.save(s, state, data_position, rng, metrics=eval_metrics)
-        if model is not None:
+        if backbone is not None:
           method_now = state.trainable['method']
-          prompts.save_prompt(os.path.join(model_dir, PROMPT_DIR), method, method_now, model,
+          prompts.save_prompt(os.path.join(model_dir, PROMPT_DIR), method, method_now, backbone,
                               step=s, metrics=eval_metrics)
           if (best_metric is not None and eval_metrics is not None
               and _is_better(eval_metrics[best_metric], best_value, best_mode)):
             best_value = eval_metrics[best_metric]
             prompts.save_prompt(os.path.join(model_dir, BEST_PROMPT_DIR), method, method_now,
-                                model, step=s, metrics=eval_metrics)
+                                backbone, step=s, metrics=eval_metrics)
     if pending is not None:
       check(*pending)
   except BaseException:

@@ -1,6 +1,6 @@
 """The training step: gradients and optimizer state for the trainable leaves only.
 
-Parameters live in one tree {'backbone': T5 params, 'method': method params},
+Parameters live in one tree {'backbone': backbone params, 'method': method params},
 split by `jaxpt.methods.split.partition` into `trainable` and `frozen`. The
 step differentiates a function of `trainable` alone, with `frozen` a plain
 (non-donated) argument: XLA never materializes gradients of frozen weights,
@@ -10,18 +10,15 @@ copied between steps.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Tuple
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxpt.methods.interface import Method
 from jaxpt.methods.split import combine
-from jaxpt.models.config import T5Config
-from jaxpt.models.t5 import T5
-from jaxpt.train.loss import loss_and_metrics
+from jaxpt.prompted.base import PromptedModel
 
 Array = jax.Array
 Batch = Mapping[str, Array]
@@ -38,50 +35,6 @@ class TrainState:
 def init_state(trainable: Any, optimizer: optax.GradientTransformation) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
                     opt_state=optimizer.init(trainable))
-
-
-def _prepared(config: T5Config, method: Method, params: Dict[str, Any], batch: Batch,
-              deterministic: bool, rng: Optional[Array]):
-  """(soft inputs, T5 module, dropout rngs) for a forward pass over `batch`."""
-  enc = batch['encoder_input_tokens']
-  soft = method.soft_inputs(params.get('method', {}), config, enc.shape[0],
-                            batch.get('task_ids'))
-  rngs = {'dropout': rng} if (rng is not None and not deterministic) else {}
-  return soft, T5(config, soft.prefix_position), rngs
-
-
-def forward(config: T5Config, method: Method, params: Dict[str, Any], batch: Batch, *,
-            deterministic: bool = True, rng: Optional[Array] = None) -> Array:
-  """Teacher-forced logits of `batch` with the method's prompt / prefixes."""
-  soft, module, rngs = _prepared(config, method, params, batch, deterministic, rng)
-  return module.apply({'params': params['backbone']}, batch['encoder_input_tokens'],
-                      batch['decoder_input_tokens'], prompt=soft.prompt, prefixes=soft.prefixes,
-                      deterministic=deterministic, rngs=rngs)
-
-
-def forward_hidden(config: T5Config, method: Method, params: Dict[str, Any], batch: Batch, *,
-                   deterministic: bool = True, rng: Optional[Array] = None
-                   ) -> Tuple[Array, Array, Array]:
-  """(logits, encoded [batch, P + length, d], valid [batch, P + length]) of `batch`.
-
-  The same pass as `forward`, also returning the encoder's output; its first
-  `method.prompt_length` positions are the prompt's (hidden-state distillation
-  compares the input positions after them).
-  """
-  soft, module, rngs = _prepared(config, method, params, batch, deterministic, rng)
-  variables = {'params': params['backbone']}
-  encoded, valid = module.apply(variables, batch['encoder_input_tokens'], soft.prompt,
-                                soft.prefixes, deterministic, method=T5.encode, rngs=rngs)
-  logits = module.apply(variables, encoded, valid, batch['decoder_input_tokens'], soft.prefixes,
-                        deterministic, method=T5.decode, rngs=rngs)
-  return logits, encoded, valid
-
-
-def loss_weights(batch: Batch) -> Array:
-  """`decoder_loss_weights`, or 1 on every non-padding target token."""
-  if 'decoder_loss_weights' in batch:
-    return batch['decoder_loss_weights']
-  return (batch['decoder_target_tokens'] > 0).astype(jnp.float32)
 
 
 def make_step(objective: Callable[[Dict[str, Any], Batch, Array], Tuple[Array, Dict]],
@@ -115,31 +68,11 @@ def make_step(objective: Callable[[Dict[str, Any], Batch, Array], Tuple[Array, D
   return step
 
 
-def make_train_step(config: T5Config, method: Method, optimizer: optax.GradientTransformation,
-                    *, label_smoothing: float = 0.0, z_loss: float = 0.0
+def make_train_step(model: PromptedModel, optimizer: optax.GradientTransformation
                     ) -> Callable[[TrainState, Any, Batch, Array], Tuple[TrainState, Dict]]:
   """Returns `step(state, frozen, batch, rng) -> (state, metrics)` (jit it yourself).
 
-  The objective is the task's token cross-entropy (`jaxpt.train.loss`); see
-  `make_step` for the non-finite guard.
+  The objective is `model.loss` with dropout; see `make_step` for the
+  non-finite guard.
   """
-
-  def objective(params, batch, rng):
-    logits = forward(config, method, params, batch, deterministic=False, rng=rng)
-    return loss_and_metrics(logits, batch['decoder_target_tokens'], loss_weights(batch),
-                            label_smoothing=label_smoothing, z_loss=z_loss)
-
-  return make_step(objective, optimizer)
-
-
-def make_eval_step(config: T5Config, method: Method, *, label_smoothing: float = 0.0,
-                   z_loss: float = 0.0) -> Callable[[Any, Any, Batch], Dict]:
-  """Returns `eval_step(trainable, frozen, batch) -> metrics` (no dropout)."""
-
-  def eval_step(trainable, frozen, batch):
-    logits = forward(config, method, combine(trainable, frozen), batch)
-    _, metrics = loss_and_metrics(logits, batch['decoder_target_tokens'], loss_weights(batch),
-                                  label_smoothing=label_smoothing, z_loss=z_loss)
-    return metrics
-
-  return eval_step
+  return make_step(model.loss, optimizer)

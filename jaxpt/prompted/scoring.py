@@ -12,7 +12,7 @@ from typing import Any, Optional, Tuple
 import jax
 import jax.numpy as jnp
 
-from jaxpt.evaluate.decoding import repeat_prefixes, repeat_rows
+from jaxpt.prompted.decoding import repeat_prefixes, repeat_rows
 from jaxpt.models.t5 import T5, Prefixes
 
 Array = jax.Array

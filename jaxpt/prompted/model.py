@@ -4,61 +4,29 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpt.evaluate.decoding import beam_search, greedy_decode, sample_decode
 from jaxpt.models.config import T5Config, find_preset
 from jaxpt.models.t5 import T5
+from jaxpt.prompted.base import PromptedModel, prompted_model
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(config: T5Config, method: Any):
-  """Jitted (logits, generate) for a config and an optional soft-prompt method."""
+def _compiled(model: PromptedModel):
+  """Jitted (logits, generate) of a prompted model."""
 
-  def soft(method_params, batch):
-    if method is None:
-      return None, None, 'none'
-    s = method.soft_inputs(method_params, config, batch)
-    return s.prompt, s.prefixes, s.prefix_position
+  def logits(params, enc, dec):
+    return model.logits(params, {'encoder_input_tokens': enc, 'decoder_input_tokens': dec})
 
-  def logits(params, method_params, enc, dec):
-    prompt, prefixes, position = soft(method_params, enc.shape[0])
-    return T5(config, position).apply({'params': params}, enc, dec, prompt=prompt,
-                                      prefixes=prefixes)
+  def generate(params, enc, n, strategy, rng, num_beams, length_penalty, temperature, top_k):
+    return model.generate(params, enc, n, strategy=strategy, rng=rng, num_beams=num_beams,
+                          length_penalty=length_penalty, temperature=temperature, top_k=top_k)
 
-  def generate(params, method_params, enc, n):
-    prompt, prefixes, position = soft(method_params, enc.shape[0])
-    return greedy_decode(T5(config, position), params, enc, n, prompt=prompt,
-                         prefixes=prefixes)
-
-  return jax.jit(logits), jax.jit(generate, static_argnums=3)
-
-
-@functools.lru_cache(maxsize=None)
-def _compiled_decoders(config: T5Config, method: Any):
-  """Jitted (sample, beam) decoders for a config and an optional soft-prompt method."""
-
-  def soft(method_params, batch):
-    if method is None:
-      return None, None, 'none'
-    s = method.soft_inputs(method_params, config, batch)
-    return s.prompt, s.prefixes, s.prefix_position
-
-  def sample(params, method_params, enc, n, rng, temperature, top_k):
-    prompt, prefixes, position = soft(method_params, enc.shape[0])
-    return sample_decode(T5(config, position), params, enc, n, rng, temperature=temperature,
-                         top_k=top_k, prompt=prompt, prefixes=prefixes)
-
-  def beam(params, method_params, enc, n, num_beams, length_penalty):
-    prompt, prefixes, position = soft(method_params, enc.shape[0])
-    return beam_search(T5(config, position), params, enc, n, num_beams=num_beams,
-                       length_penalty=length_penalty, prompt=prompt, prefixes=prefixes)
-
-  return jax.jit(sample, static_argnums=(3, 6)), jax.jit(beam, static_argnums=(3, 4))
+  return jax.jit(logits), jax.jit(generate, static_argnums=(2, 3, 5, 8))
 
 
 def _check_tokens(name: str, tokens: Any, vocab_size: int, min_id: int = 0) -> np.ndarray:
@@ -88,14 +56,23 @@ class Model:
   method: Any = None
   method_params: Any = None
 
+  @property
+  def prompted(self) -> PromptedModel:
+    """The pure-functional model (`jaxpt.prompted.base`) behind these calls."""
+    return prompted_model(self.config, self.method)
+
+  @property
+  def all_params(self) -> dict:
+    """{'backbone': params, 'method': method_params}, what `prompted` takes."""
+    return {'backbone': self.params, 'method': self.method_params or {}}
+
   def _min_input_id(self) -> int:
     """Negative ids mark placed prompt rows (P-tuning templates), -1..-length."""
-    return -self.method.length if getattr(self.method, 'places_prompt', False) else 0
+    return -self.method.length if self.method is not None and self.method.places_prompt else 0
 
   @property
   def module(self) -> T5:
-    position = 'none' if self.method is None else getattr(self.method, 'prefix_position', 'none')
-    return T5(self.config, position)
+    return self.prompted.network
 
   def logits(self, encoder_input_tokens: Any, decoder_input_tokens: Any) -> np.ndarray:
     """Teacher-forced logits.
@@ -113,9 +90,8 @@ class Model:
     dec = _check_tokens('decoder_input_tokens', decoder_input_tokens, self.config.vocab_size)
     if enc.shape[0] != dec.shape[0]:
       raise ValueError(f'batch sizes differ: encoder {enc.shape[0]}, decoder {dec.shape[0]}')
-    logits, _ = _compiled(self.config, self.method)
-    return np.asarray(logits(self.params, self.method_params, jnp.asarray(enc),
-                             jnp.asarray(dec)), np.float32)
+    logits, _ = _compiled(self.prompted)
+    return np.asarray(logits(self.all_params, jnp.asarray(enc), jnp.asarray(dec)), np.float32)
 
   def generate(self, encoder_input_tokens: Any, max_length: int = 32, *,
                strategy: str = 'greedy', num_beams: int = 4, length_penalty: float = 1.0,
@@ -124,27 +100,20 @@ class Model:
 
     `strategy` is 'greedy' (the default), 'sample' (`temperature`, `top_k`,
     PRNG `seed`) or 'beam' (`num_beams`, `length_penalty`; the best beam,
-    as transformers' `generate(num_beams=...)`). See `jaxpt.evaluate.decoding`.
+    as transformers' `generate(num_beams=...)`). See `jaxpt.prompted.decoding`.
     """
     enc = _check_tokens('encoder_input_tokens', encoder_input_tokens, self.config.vocab_size,
                         self._min_input_id())
     if max_length <= 0:
       raise ValueError(f'max_length must be positive, got {max_length}')
-    if strategy == 'greedy':
-      _, generate = _compiled(self.config, self.method)
-      out = generate(self.params, self.method_params, jnp.asarray(enc), int(max_length))
-    elif strategy == 'sample':
-      sample, _ = _compiled_decoders(self.config, self.method)
-      out = sample(self.params, self.method_params, jnp.asarray(enc), int(max_length),
-                   jax.random.key(seed), float(temperature), int(top_k))
-    elif strategy == 'beam':
-      if num_beams <= 0:
-        raise ValueError(f'num_beams must be positive, got {num_beams}')
-      _, beam = _compiled_decoders(self.config, self.method)
-      out = beam(self.params, self.method_params, jnp.asarray(enc), int(max_length),
-                 int(num_beams), float(length_penalty))[0][:, 0]
-    else:
+    if strategy == 'beam' and num_beams <= 0:
+      raise ValueError(f'num_beams must be positive, got {num_beams}')
+    if strategy not in ('greedy', 'sample', 'beam'):
       raise ValueError(f"strategy must be 'greedy', 'sample' or 'beam', got {strategy!r}")
+    _, generate = _compiled(self.prompted)
+    out = generate(self.all_params, jnp.asarray(enc), int(max_length), strategy,
+                   jax.random.key(seed), int(num_beams), float(length_penalty),
+                   float(temperature), int(top_k))
     return np.asarray(out)
 
   def num_params(self) -> int:

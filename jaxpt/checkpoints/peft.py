@@ -40,12 +40,15 @@ from jaxpt.methods.multitask import MultitaskPromptTuning
 from jaxpt.methods.prefix import PrefixTuning
 from jaxpt.methods.prompt import PromptTuning
 from jaxpt.methods.ptuning import PTuning
+from jaxpt.methods.registry import hyperparameters
 from jaxpt.models.config import T5Config
 
 CONFIG_FILE = 'adapter_config.json'
 SAFETENSORS_FILE = 'adapter_model.safetensors'
 BIN_FILE = 'adapter_model.bin'
-PROVENANCE_FILE = 'jaxpt_prompt.json'
+# Not the prompt manifest's name (`checkpoints.prompts.MANIFEST`): a peft export is never
+# mistaken for a jaxpt prompt checkpoint.
+PROVENANCE_FILE = 'jaxpt_peft_export.json'
 TENSOR_KEY = 'prompt_embeddings'
 TASK_TYPE = 'SEQ_2_SEQ_LM'
 P_TUNING_TYPE = 'P_TUNING'
@@ -256,6 +259,11 @@ def _readme(base: Optional[str], peft_type: str) -> str:
   return '\n'.join(lines) + '\n'
 
 
+# Method name (the registry's) -> its peft exporter.
+_EXPORTERS = {PromptTuning.name: _export_prompt, PTuning.name: _export_p_tuning,
+              PrefixTuning.name: _export_prefix}
+
+
 def export_peft(model: Any, method: Any, method_params: Dict[str, Any], directory: str,
                 base_model_name_or_path: Optional[str] = None) -> str:
   """Writes a prompt or prefix as a peft adapter directory.
@@ -267,7 +275,7 @@ def export_peft(model: Any, method: Any, method_params: Dict[str, Any], director
   output, as peft saves it); `PrefixTuning(style='peft')` becomes
   PREFIX_TUNING (its merged `[P, 2L*H*Dh]` prefix, token_dim H*Dh, dead slots
   zeroed). jaxpt's own record (method, backbone config) goes to
-  `jaxpt_prompt.json`, not into adapter_config.json, where peft would warn.
+  `jaxpt_peft_export.json`, not into adapter_config.json, where peft would warn.
 
   Args:
     model: the backbone (`Model`, or its `T5Config`).
@@ -288,18 +296,15 @@ def export_peft(model: Any, method: Any, method_params: Dict[str, Any], director
   from safetensors.numpy import save_file
 
   config = _config_of(model)
-  if isinstance(method, MultitaskPromptTuning):
+  if method.name == MultitaskPromptTuning.name:
     if method.num_tasks != 1:
       raise ValueError(f'this MPT prompt keeps {method.num_tasks} task prompts; a peft adapter '
                        f'holds one. Export one task at a time: '
                        f'export_peft(model, *method.task_prompt(params, task_id), directory)')
     method, method_params = method.task_prompt(method_params, 0)
-  if isinstance(method, PromptTuning):
-    tensor, specific = _export_prompt(config, method, method_params)
-  elif isinstance(method, PTuning):
-    tensor, specific = _export_p_tuning(config, method, method_params)
-  elif isinstance(method, PrefixTuning):
-    tensor, specific = _export_prefix(config, method, method_params)
+  exporter = _EXPORTERS.get(method.name)
+  if exporter is not None:
+    tensor, specific = exporter(config, method, method_params)
   else:
     raise ValueError(f'{type(method).__name__} cannot be written as a peft adapter: peft '
                      f'prompt-learning adapters hold a PromptTuning prompt, a PTuning '
@@ -314,11 +319,8 @@ def export_peft(model: Any, method: Any, method_params: Dict[str, Any], director
     json.dump(peft_config, f, indent=2, sort_keys=True)
   provenance = {
       'exported_by': 'jaxpt',
-      'method': {'name': method.name, 'class': type(method).__name__, 'length': method.length,
-                 **({'style': method.style, 'reparameterize': method.reparameterize,
-                     'hidden_dim': method.hidden_dim} if isinstance(method, PrefixTuning) else {}),
-                 **({'encoder': method.encoder, 'template': method.template}
-                    if isinstance(method, PTuning) else {})},
+      'method': {'name': method.name, 'class': type(method).__name__,
+                 **hyperparameters(method)},
       'backbone_config': config.to_dict(),
       'backbone_source': getattr(model, 'source', '') or None,
   }

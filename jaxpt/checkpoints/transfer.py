@@ -35,11 +35,8 @@ _EPS = 1e-12
 
 def task_prompts(method: Any, params: Dict[str, Any]) -> np.ndarray:
   """Every task's prompt of a method's params, [num_tasks, L, d] (one task: [1, L, d])."""
-  if isinstance(method, MultitaskPromptTuning):
+  if method.has_prompt_vectors:
     return np.asarray(method.task_prompts(params), np.float32)
-  if isinstance(method, PromptTuning):
-    prompt = np.asarray(params['prompt'], np.float32)
-    return prompt[None] if prompt.ndim == 2 else prompt
   raise ValueError(f'{getattr(method, "name", type(method).__name__)} has no prompt vectors '
                    f'to transfer or compare (prompt transfer reads prompt_tuning and '
                    f'multitask_prompt_tuning checkpoints)')
@@ -75,7 +72,7 @@ def source_prompt(path: str, task: Optional[int] = None, model: Any = None) -> n
 def shared_prompt(path: str, model: Any = None) -> np.ndarray:
   """The shared prompt P* [L, d] of an MPT checkpoint (to start target adaptation from)."""
   method, params, _ = prompt_checkpoints.load_prompt(path, model)
-  if not isinstance(method, MultitaskPromptTuning):
+  if method.name != MultitaskPromptTuning.name:
     raise ValueError(f'{path}: a {method.name} checkpoint has no shared prompt; expected a '
                      f'multitask_prompt_tuning checkpoint')
   return np.asarray(params['shared'], np.float32)

@@ -1,0 +1,75 @@
+"""A task split's predictions and metrics: rank classification or greedy decoding."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpt.data.features import pad_rows
+from jaxpt.prompted.base import PromptedModel
+from jaxpt.vocabulary import EOS_ID
+
+
+def label_token_table(task_name: str, encode: Callable[[str], Sequence[int]]
+                      ) -> Optional[np.ndarray]:
+  """[num_labels, T] tokens of every label word + EOS, or None for free-text tasks."""
+  import tasks
+  try:
+    words = tasks.label_words(task_name)
+  except (KeyError, ValueError):
+    return None
+  if not words:
+    return None
+  return pad_rows([list(encode(w)) + [EOS_ID] for w in words])
+
+
+def _batched(fn: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray,
+             batch_size: int) -> np.ndarray:
+  """`fn` over fixed-size batches of rows (the last one padded, so one compile)."""
+  out = []
+  for start in range(0, inputs.shape[0], batch_size):
+    chunk = inputs[start:start + batch_size]
+    pad = batch_size - chunk.shape[0]
+    padded = np.pad(chunk, ((0, pad), (0, 0))) if pad else chunk
+    out.append(np.asarray(fn(padded))[:chunk.shape[0]])
+  return np.concatenate(out) if out else np.zeros((0,), np.int32)
+
+
+def predict_texts(model: PromptedModel, params: Any, inputs: np.ndarray, vocab: Any, *,
+                  batch_size: int = 32, max_decode_length: int = 16) -> list:
+  """Greedy-decoded texts of every input row."""
+  generate = jax.jit(lambda p, enc: model.generate(p, enc, max_decode_length))
+  rows = _batched(lambda enc: generate(params, enc), inputs, batch_size)
+  return [vocab.decode([int(t) for t in row if t > EOS_ID]) for row in rows]
+
+
+def score_split(model: PromptedModel, params: Any, task_name: str,
+                examples: Mapping[str, Any], batch_size: int = 32,
+                max_decode_length: int = 16) -> Dict[str, Any]:
+  """Predictions and the task's metrics for a split.
+
+  Classification tasks use rank classification over the label words (the
+  paper's evaluation); free-text tasks use greedy decoding.
+  """
+  import tasks
+  vocab = examples['vocabulary']
+  table = label_token_table(task_name, lambda text: list(vocab.encode(text)))
+  inputs = examples['inputs']
+  if table is not None:
+    rank = jax.jit(lambda p, enc: model.score(p, enc, jnp.asarray(table))[0])
+    predictions = [int(i) for i in _batched(lambda enc: rank(params, enc), inputs, batch_size)]
+    texts = [tasks.label_words(task_name)[i] for i in predictions]
+  else:
+    texts = predict_texts(model, params, inputs, vocab, batch_size=batch_size,
+                          max_decode_length=max_decode_length)
+    predictions = [tasks.postprocess(task_name, text) for text in texts]
+  targets = [tasks.postprocess(task_name, t) for t in examples['target_texts']]
+  try:
+    metrics = tasks.metrics.compute(task_name, targets, predictions)
+  except ValueError as e:  # e.g. MultiRC without question groups: report accuracy
+    metrics = {'accuracy': 100.0 * float(np.mean(np.asarray(targets) == np.asarray(predictions))),
+               'note': str(e)}
+  return {'metrics': metrics, 'predictions': texts, 'targets': examples['target_texts']}

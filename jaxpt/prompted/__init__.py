@@ -1,0 +1,1 @@
+"""A backbone and a method as one model: loss, logits, scores and decoding."""
