@@ -1,6 +1,6 @@
 # The two commands a new user needs:
 #   make demo   run the main job on the embedded default (offline)
-#   make test   run the test suite (what CI runs)
+#   make test   check the import layers, then run the test suite (what CI runs)
 # Both create .venv and install jaxpt with its test extras on first use.
 
 PYTHON ?= python3
@@ -22,6 +22,7 @@ demo: $(STAMP)
 	$(VENV)/bin/jaxpt demo
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)

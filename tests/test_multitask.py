@@ -23,7 +23,6 @@ CONFIG = preset('t5_1_1', 'tiny', vocab_size=64)
 
 
 # Jitted: one compile per method and shape is much cheaper than op-by-op dispatch.
-forward = jax.jit(eager_forward, static_argnums=(0, 1))
 distillation_loss = jax.jit(eager_distillation_loss, static_argnums=(0, 1))
 
 

@@ -134,8 +134,11 @@ def test_trained_prompt_exports_to_peft(square, tmp_path):
   assert cfg['num_transformer_submodules'] == 1 and cfg['token_dim'] == 16
   assert cfg['base_model_name_or_path'] == os.path.abspath(path)
   assert not any(k.startswith('jaxpt') for k in cfg)  # provenance lives beside it instead
-  with open(os.path.join(out, 'jaxpt_prompt.json')) as f:
+  with open(os.path.join(out, 'jaxpt_peft_export.json')) as f:
     assert json.load(f)['backbone_config']['emb_dim'] == 16
+  # a peft export is never mistaken for a jaxpt prompt checkpoint
+  from jaxpt.checkpoints import prompts
+  assert not prompts.is_prompt_directory(out)
   from safetensors import safe_open
   with safe_open(os.path.join(out, 'adapter_model.safetensors'), 'np') as f:
     assert f.metadata() == {'format': 'pt'}
