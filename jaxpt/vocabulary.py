@@ -12,22 +12,11 @@ from typing import List, Sequence
 
 import sentencepiece as spm
 
+from jaxpt import storage
+
 DEFAULT_EXTRA_IDS = 100
 # The public T5 vocabulary; readable with network access only.
 T5_VOCAB_GCS = 'gs://t5-data/vocabs/cc_all.32000/sentencepiece.model'
-
-
-def _read_bytes(path: str) -> bytes:
-  if path.startswith('gs://'):
-    import tensorstore as ts
-    bucket, _, key = path[len('gs://'):].partition('/')
-    store = ts.KvStore.open(f'gs://{bucket}/').result()
-    result = store.read(key).result()
-    if result.state != 'value':
-      raise FileNotFoundError(f'{path}: not found')
-    return bytes(result.value)
-  with open(path, 'rb') as f:
-    return f.read()
 
 
 class Vocabulary:
@@ -36,7 +25,7 @@ class Vocabulary:
   def __init__(self, path: str, extra_ids: int = DEFAULT_EXTRA_IDS):
     path = os.fspath(path)
     try:
-      proto = _read_bytes(path)
+      proto = storage.read_bytes(path)
     except OSError as e:
       raise FileNotFoundError(f'{path}: cannot read the SentencePiece model: {e}') from e
     self._sp = spm.SentencePieceProcessor()
