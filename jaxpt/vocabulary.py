@@ -14,6 +14,10 @@ import sentencepiece as spm
 
 from jaxpt import storage
 
+PAD_ID = 0
+"""T5's padding id; also the id the decoder starts from (`decoder_start_token_id`)."""
+EOS_ID = 1
+"""T5's end-of-sequence id."""
 DEFAULT_EXTRA_IDS = 100
 # The public T5 vocabulary; readable with network access only.
 T5_VOCAB_GCS = 'gs://t5-data/vocabs/cc_all.32000/sentencepiece.model'
@@ -44,8 +48,8 @@ class Vocabulary:
   def vocab_size(self) -> int:
     return self.base_size + self.extra_ids
 
-  pad_id = 0
-  eos_id = 1
+  pad_id = PAD_ID
+  eos_id = EOS_ID
 
   def sentinel(self, i: int) -> int:
     """Id of `<extra_id_i>`."""

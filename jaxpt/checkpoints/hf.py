@@ -42,6 +42,7 @@ from flax import traverse_util
 
 from jaxpt.checkpoints.errors import CheckpointError
 from jaxpt.models.config import T5Config
+from jaxpt.vocabulary import EOS_ID, PAD_ID
 
 _MODEL_TYPES = ('t5', 'mt5', 'umt5')
 # HF activation name (transformers.activations.ACT2FN) -> jaxpt activation name.
@@ -116,8 +117,9 @@ def config_from_hf(hf_config: Dict[str, Any], source: str = 'config.json') -> T5
         per_layer_relpos_bias=model_type == 'umt5',
         dropout_rate=float(get('dropout_rate', 0.1)),
         layer_norm_epsilon=float(get('layer_norm_epsilon', 1e-6)),
-        decoder_start_token_id=get('decoder_start_token_id', 0),
-        pad_token_id=get('pad_token_id', 0), eos_token_id=_first(get('eos_token_id', 1)))
+        decoder_start_token_id=get('decoder_start_token_id', PAD_ID),
+        pad_token_id=get('pad_token_id', PAD_ID),
+        eos_token_id=_first(get('eos_token_id', EOS_ID)))
   except KeyError as e:
     raise CheckpointError(f'{source}: missing T5 config field {e}') from e
   except (TypeError, ValueError) as e:

@@ -15,8 +15,7 @@ import numpy as np
 
 from jaxpt.models.model import Model
 from jaxpt.train.loss import loss_and_metrics
-
-EOS = 1
+from jaxpt.vocabulary import EOS_ID, PAD_ID
 
 
 def encode_documents(texts: Sequence[str], vocab_path: str) -> List[List[int]]:
@@ -47,14 +46,14 @@ def objective_batches(documents: Sequence[Sequence[int]], objective: str, vocab_
 def _features(pairs: Sequence[Tuple[np.ndarray, np.ndarray]], lengths: Mapping[str, int]
               ) -> Dict[str, np.ndarray]:
   n = len(pairs)
-  enc = np.zeros((n, lengths['inputs']), np.int32)
-  tgt = np.zeros((n, lengths['targets']), np.int32)
+  enc = np.full((n, lengths['inputs']), PAD_ID, np.int32)
+  tgt = np.full((n, lengths['targets']), PAD_ID, np.int32)
   for i, (inputs, targets) in enumerate(pairs):
-    row = list(inputs[:lengths['inputs'] - 1]) + [EOS]
+    row = list(inputs[:lengths['inputs'] - 1]) + [EOS_ID]
     enc[i, :len(row)] = row
-    row = list(targets[:lengths['targets'] - 1]) + [EOS]
+    row = list(targets[:lengths['targets'] - 1]) + [EOS_ID]
     tgt[i, :len(row)] = row
-  dec = np.concatenate([np.zeros((n, 1), np.int32), tgt[:, :-1]], axis=1)
+  dec = np.concatenate([np.full((n, 1), PAD_ID, np.int32), tgt[:, :-1]], axis=1)
   return {'encoder_input_tokens': enc, 'decoder_input_tokens': dec,
           'decoder_target_tokens': tgt}
 
@@ -64,7 +63,7 @@ def mean_loss(model: Model, batches: Sequence[Dict[str, np.ndarray]]) -> float:
   total, count = 0.0, 0.0
   for batch in batches:
     logits = model.logits(batch['encoder_input_tokens'], batch['decoder_input_tokens'])
-    weights = (batch['decoder_target_tokens'] > 0).astype(np.float32)
+    weights = (batch['decoder_target_tokens'] != PAD_ID).astype(np.float32)
     _, metrics = loss_and_metrics(logits, batch['decoder_target_tokens'], weights)
     total += float(metrics['loss']) * float(metrics['num_tokens'])
     count += float(metrics['num_tokens'])

@@ -12,6 +12,8 @@ from typing import Any, Dict, Iterator, Mapping, Optional
 import jax
 import numpy as np
 
+from jaxpt.vocabulary import PAD_ID
+
 
 def shard_info() -> Any:
   """This host's share of the data (SeqIO ShardInfo) on multi-host runs, else None."""
@@ -73,7 +75,7 @@ def eval_examples(task_name: str, feature_lengths: Mapping[str, int], split: str
     target_texts.append(_text(ex.get('targets_pretokenized', b'')))
   if not inputs:
     raise ValueError(f'task {task_name!r} split {split!r} has no examples')
-  tokens = np.zeros((len(inputs), feature_lengths['inputs']), np.int32)
+  tokens = np.full((len(inputs), feature_lengths['inputs']), PAD_ID, np.int32)
   for i, row in enumerate(inputs):
     tokens[i, :len(row)] = row
   return {'inputs': tokens, 'input_texts': input_texts, 'target_texts': target_texts,

@@ -12,7 +12,9 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-FIRST_ID = 3  # 0 pad, 1 eos, 2 unk
+from jaxpt.vocabulary import EOS_ID, PAD_ID
+
+FIRST_ID = 3  # after pad (0), eos (1) and unk (2)
 LABEL_IDS = (11, 10)  # class 0, class 1
 
 
@@ -27,9 +29,9 @@ def two_class_batch(batch_size: int, seed: int, vocab_size: int = 64,
   low = rng.randint(FIRST_ID, middle, (batch_size, length))
   high = rng.randint(middle, vocab_size, (batch_size, length))
   enc = np.where(label[:, None] == 1, low, high).astype(np.int32)
-  targets = np.stack([np.asarray(LABEL_IDS)[label], np.ones(batch_size, int)], axis=1)
+  targets = np.stack([np.asarray(LABEL_IDS)[label], np.full(batch_size, EOS_ID)], axis=1)
   targets = targets.astype(np.int32)
-  dec = np.concatenate([np.zeros((batch_size, 1), np.int32), targets[:, :-1]], axis=1)
+  dec = np.concatenate([np.full((batch_size, 1), PAD_ID, np.int32), targets[:, :-1]], axis=1)
   return dict(encoder_input_tokens=enc, decoder_input_tokens=dec,
               decoder_target_tokens=targets), label.astype(np.int32)
 
@@ -61,7 +63,7 @@ def multi_task_batch(batch_size: int, seed: int, num_tasks: int = 3, vocab_size:
       raise ValueError(f'task {task} is out of range for {num_tasks} tasks')
     task_ids = np.full(batch_size, task)
   words = np.asarray([task_label_ids(k) for k in range(num_tasks)])[task_ids, label]
-  targets = np.stack([words, np.ones(batch_size, int)], axis=1).astype(np.int32)
-  dec = np.concatenate([np.zeros((batch_size, 1), np.int32), targets[:, :-1]], axis=1)
+  targets = np.stack([words, np.full(batch_size, EOS_ID)], axis=1).astype(np.int32)
+  dec = np.concatenate([np.full((batch_size, 1), PAD_ID, np.int32), targets[:, :-1]], axis=1)
   return dict(features, decoder_input_tokens=dec, decoder_target_tokens=targets,
               task_ids=task_ids.astype(np.int32)), label

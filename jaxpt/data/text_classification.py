@@ -12,16 +12,16 @@ from typing import Callable, Dict, Sequence
 
 import numpy as np
 
-EOS = 1
+from jaxpt.vocabulary import EOS_ID, PAD_ID
 
 Encode = Callable[[str], Sequence[int]]
 
 
 def encode_inputs(texts: Sequence[str], encode: Encode, length: int) -> np.ndarray:
   """[n, length] ids: each text cut to leave room for EOS, then EOS, then padding."""
-  out = np.zeros((len(texts), length), np.int32)
+  out = np.full((len(texts), length), PAD_ID, np.int32)
   for i, text in enumerate(texts):
-    row = list(encode(text))[:length - 1] + [EOS]
+    row = list(encode(text))[:length - 1] + [EOS_ID]
     out[i, :len(row)] = row
   return out
 
@@ -55,6 +55,6 @@ class ClassificationBatches:
                                                                  self.batch_size)
     targets = self.table[self.labels[rows]]
     decoder_inputs = np.concatenate(
-        [np.zeros((self.batch_size, 1), np.int32), targets[:, :-1]], axis=1)
+        [np.full((self.batch_size, 1), PAD_ID, np.int32), targets[:, :-1]], axis=1)
     return {'encoder_input_tokens': self.inputs[rows], 'decoder_input_tokens': decoder_inputs,
             'decoder_target_tokens': targets}
