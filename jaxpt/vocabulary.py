@@ -12,24 +12,15 @@ from typing import List, Sequence
 
 import sentencepiece as spm
 
+from jaxpt import storage
+
 PAD_ID = 0
+"""T5's padding id; also the id the decoder starts from (`decoder_start_token_id`)."""
 EOS_ID = 1
+"""T5's end-of-sequence id."""
 DEFAULT_EXTRA_IDS = 100
 # The public T5 vocabulary; readable with network access only.
 T5_VOCAB_GCS = 'gs://t5-data/vocabs/cc_all.32000/sentencepiece.model'
-
-
-def _read_bytes(path: str) -> bytes:
-  if path.startswith('gs://'):
-    import tensorstore as ts
-    bucket, _, key = path[len('gs://'):].partition('/')
-    store = ts.KvStore.open(f'gs://{bucket}/').result()
-    result = store.read(key).result()
-    if result.state != 'value':
-      raise FileNotFoundError(f'{path}: not found')
-    return bytes(result.value)
-  with open(path, 'rb') as f:
-    return f.read()
 
 
 class Vocabulary:
@@ -38,7 +29,7 @@ class Vocabulary:
   def __init__(self, path: str, extra_ids: int = DEFAULT_EXTRA_IDS):
     path = os.fspath(path)
     try:
-      proto = _read_bytes(path)
+      proto = storage.read_bytes(path)
     except OSError as e:
       raise FileNotFoundError(f'{path}: cannot read the SentencePiece model: {e}') from e
     self._sp = spm.SentencePieceProcessor()
@@ -57,8 +48,8 @@ class Vocabulary:
   def vocab_size(self) -> int:
     return self.base_size + self.extra_ids
 
-  pad_id = 0
-  eos_id = 1
+  pad_id = PAD_ID
+  eos_id = EOS_ID
 
   def sentinel(self, i: int) -> int:
     """Id of `<extra_id_i>`."""

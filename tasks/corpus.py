@@ -168,12 +168,14 @@ def train_vocabulary(out_prefix: str, vocab_size: int = 8000,
   Ids as T5's: pad 0, EOS 1, UNK 2, no BOS (SeqIO adds the extra ids on top).
   """
   import sentencepiece as spm
+
+  from jaxpt.vocabulary import EOS_ID, PAD_ID
   text_path = out_prefix + '.train.txt'
   with open(text_path, 'w', encoding='utf-8') as f:
     f.writelines(d + '\n' for d in documents('train', data_dir))
   spm.SentencePieceTrainer.train(
       input=text_path, model_prefix=out_prefix, vocab_size=vocab_size, model_type='unigram',
-      character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+      character_coverage=1.0, pad_id=PAD_ID, eos_id=EOS_ID, unk_id=2, bos_id=-1,
       input_sentence_size=0, shuffle_input_sentence=False, num_threads=1, seed_sentencepiece_size=200000,
       minloglevel=2)
   os.remove(text_path)

@@ -468,3 +468,26 @@ def test_error_not_t5(t5_1_0_dir, tmp_path):
   with pytest.raises(jaxpt.CheckpointError,
                      match=r"config.json: expected a T5 model_type .*found 'bert'"):
     jaxpt.load_model(tmp_path)
+
+
+def test_read_safetensors_slice_reads_one_slice(tmp_path):
+  """`read_safetensors_slice` (safetensors' get_slice): a device's slice, bf16 and empty too."""
+  import ml_dtypes
+  full = np.arange(6 * 8, dtype=np.float32).reshape(6, 8)
+  path = tmp_path / 'x.safetensors'
+  _write_safetensors(path, {'w': full, 'b': full.astype(ml_dtypes.bfloat16),
+                            'e': np.zeros((0, 4), np.float32)})
+  index = (slice(2, 4), slice(4, 8))
+  np.testing.assert_array_equal(hf.read_safetensors_slice(path, 'w', index), full[index])
+  half = hf.read_safetensors_slice(path, 'b', index)
+  assert half.dtype == ml_dtypes.bfloat16
+  np.testing.assert_array_equal(half, full[index].astype(ml_dtypes.bfloat16))
+  np.testing.assert_array_equal(hf.read_safetensors_slice(path, 'w'), full)
+  assert hf.read_safetensors_slice(path, 'e', (slice(0, 0), slice(1, 3))).shape == (0, 2)
+
+
+def test_error_garbled_safetensors_header(t5_1_0_dir, tmp_path):
+  _copy_config(t5_1_0_dir, tmp_path)
+  (tmp_path / 'model.safetensors').write_bytes((64).to_bytes(8, 'little') + b'{x' + b' ' * 80)
+  with pytest.raises(jaxpt.CheckpointError, match=r'model.safetensors: corrupt safetensors'):
+    jaxpt.load_model(tmp_path)

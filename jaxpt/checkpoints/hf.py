@@ -2,10 +2,12 @@
 
 Reads `config.json` plus `model.safetensors` / `pytorch_model.bin` (and their
 sharded `*.index.json` forms) of T5, mT5 and UMT5 models. Safetensors files are
-parsed here with numpy memory maps (no torch; bf16 via ml_dtypes), so a tensor,
-or one device's slice of it, is read only when it is needed: with `shardings`,
-each device's callback reads its own slice and a large checkpoint never sits
-whole in one host's memory. Torch is imported only for `pytorch_model.bin`.
+read with `safetensors.safe_open(..., framework='numpy')` (no torch; bf16 via
+ml_dtypes), so a tensor, or one device's slice of it (`get_slice`), is read only
+when it is needed: with `shardings`, each device's callback reads its own slice
+and a large checkpoint never sits whole in one host's memory
+(`read_safetensors_slice` reads one slice of one tensor). Torch is imported
+only for `pytorch_model.bin`.
 
 Parameters are returned as float32 whatever the checkpoint stores (bf16 and f16
 widen exactly); the returned config says `param_dtype='float32'`. Pass
@@ -26,20 +28,21 @@ Tying rules (transformers 5.24, see docs/param_layout.md):
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
-import struct
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
+import ml_dtypes  # registers numpy's 'bfloat16', which safetensors' numpy reader needs
 import numpy as np
+import safetensors
+import safetensors.numpy
 from flax import traverse_util
 
 from jaxpt.checkpoints.errors import CheckpointError
 from jaxpt.models.config import T5Config
+from jaxpt.vocabulary import EOS_ID, PAD_ID
 
 _MODEL_TYPES = ('t5', 'mt5', 'umt5')
 # HF activation name (transformers.activations.ACT2FN) -> jaxpt activation name.
@@ -49,10 +52,9 @@ _FROM_HF_ACT = {'relu': 'relu', 'gelu_new': 'gelu', 'gelu_pytorch_tanh': 'gelu',
 # jaxpt activation name -> HF activation name.
 _TO_HF_ACT = {'relu': 'relu', 'gelu': 'gelu_new', 'gelu_new': 'gelu_new', 'gelu_exact': 'gelu',
               'silu': 'silu', 'linear': 'linear'}
-_SAFETENSORS_DTYPES = {'F32': np.float32, 'F16': np.float16, 'BF16': ml_dtypes.bfloat16,
-                       'F64': np.float64}
-_WRITE_DTYPES = {np.dtype(np.float32): 'F32', np.dtype(np.float16): 'F16',
-                 np.dtype(ml_dtypes.bfloat16): 'BF16'}
+# Safetensors dtypes read (each widens to float32 exactly, F64 aside) and numpy dtypes written.
+_SAFETENSORS_DTYPES = ('BF16', 'F16', 'F32', 'F64')
+_WRITE_DTYPES = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
 # Tensors transformers itself ignores or ties to `shared.weight`.
 _TIED_EMBEDDINGS = ('encoder.embed_tokens.weight', 'decoder.embed_tokens.weight')
 _IGNORED_SUFFIX = 'EncDecAttention.relative_attention_bias.weight'
@@ -115,8 +117,9 @@ def config_from_hf(hf_config: Dict[str, Any], source: str = 'config.json') -> T5
         per_layer_relpos_bias=model_type == 'umt5',
         dropout_rate=float(get('dropout_rate', 0.1)),
         layer_norm_epsilon=float(get('layer_norm_epsilon', 1e-6)),
-        decoder_start_token_id=get('decoder_start_token_id', 0),
-        pad_token_id=get('pad_token_id', 0), eos_token_id=_first(get('eos_token_id', 1)))
+        decoder_start_token_id=get('decoder_start_token_id', PAD_ID),
+        pad_token_id=get('pad_token_id', PAD_ID),
+        eos_token_id=_first(get('eos_token_id', EOS_ID)))
   except KeyError as e:
     raise CheckpointError(f'{source}: missing T5 config field {e}') from e
   except (TypeError, ValueError) as e:
@@ -168,65 +171,89 @@ def config_to_hf(config: T5Config) -> Dict[str, Any]:
 # ------------------------------------------------------------------------ safetensors
 
 
-class _SafetensorsFile:
-  """Lazy reader of one .safetensors file: each tensor is a numpy memmap."""
+def _open_error(path: str, e: Exception) -> CheckpointError:
+  """The CheckpointError naming `path` for what safetensors raised on opening it."""
+  msg = str(e)
+  # safetensors checks the header against the file size: 'header too small' (< 8 bytes),
+  # 'invalid header length' (the header runs past the end), 'incomplete metadata, file not
+  # fully covered' (the tensors run past the end, or bytes follow them).
+  if any(s in msg for s in ('header too small', 'invalid header length', 'incomplete metadata')):
+    return CheckpointError(f'{path}: truncated safetensors file ({os.path.getsize(path)} '
+                           f'bytes), or bytes after its tensors: {msg}')
+  return CheckpointError(f'{path}: corrupt safetensors file: {msg}')
+
+
+class SafetensorsFile:
+  """One .safetensors file opened lazily (memory-mapped by `safetensors.safe_open`).
+
+  Nothing is read on opening but the header: `read(name, index)` reads one
+  tensor, or only the slice `index` of it (what one device's shard needs).
+
+  bf16 tensors come back as `ml_dtypes.bfloat16` arrays: safetensors' numpy
+  reader asks numpy for the dtype 'bfloat16', which exists once ml_dtypes is
+  imported (this module imports it).
+
+  Raises:
+    CheckpointError: naming the file, when it is truncated or corrupt, or holds
+      a tensor of a dtype other than F32 / F16 / BF16 / F64.
+  """
 
   def __init__(self, path: str):
-    self.path = path
-    size = os.path.getsize(path)
-    with open(path, 'rb') as f:
-      raw = f.read(8)
-      if len(raw) < 8:
-        raise CheckpointError(f'{path}: truncated safetensors file ({size} bytes)')
-      (n,) = struct.unpack('<Q', raw)
-      if n > size - 8:
-        raise CheckpointError(f'{path}: truncated safetensors file: header of {n} bytes, '
-                              f'file has {size}')
-      try:
-        header = json.loads(f.read(n))
-      except ValueError as e:
-        raise CheckpointError(f'{path}: corrupt safetensors header: {e}') from e
-    if not isinstance(header, dict):
-      raise CheckpointError(f'{path}: corrupt safetensors header (not a JSON object)')
-    header.pop('__metadata__', None)
-    self.header, self.offset = header, 8 + n
-    end = 0
-    for name, info in header.items():
-      try:
-        dtype, shape, (start, stop) = info['dtype'], tuple(info['shape']), info['data_offsets']
-      except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f'{path}: corrupt safetensors entry for {name}: {info}') from e
-      if dtype not in _SAFETENSORS_DTYPES:
-        raise CheckpointError(f'{path}: tensor {name} has unsupported dtype {dtype}; '
-                              f'expected one of {sorted(_SAFETENSORS_DTYPES)}')
-      want = math.prod(shape) * np.dtype(_SAFETENSORS_DTYPES[dtype]).itemsize
-      if stop - start != want:
-        raise CheckpointError(f'{path}: corrupt safetensors entry for {name}: {dtype} '
-                              f'{list(shape)} needs {want} bytes, offsets give {stop - start}')
-      end = max(end, stop)
-    if self.offset + end > size:
-      raise CheckpointError(f'{path}: truncated safetensors file: tensors need '
-                            f'{self.offset + end} bytes, file has {size}')
+    self.path = os.fspath(path)
+    try:
+      self._file = safetensors.safe_open(self.path, framework='numpy')
+      names = list(self._file.keys())
+      self._slices = {name: self._file.get_slice(name) for name in names}
+    except safetensors.SafetensorError as e:
+      raise _open_error(self.path, e) from e
+    for name, piece in self._slices.items():
+      if piece.get_dtype() not in _SAFETENSORS_DTYPES:
+        raise CheckpointError(f'{self.path}: tensor {name} has unsupported dtype '
+                              f'{piece.get_dtype()}; expected one of {_SAFETENSORS_DTYPES}')
+
+  def names(self) -> List[str]:
+    return list(self._slices)
 
   def shape(self, name: str) -> Tuple[int, ...]:
-    return tuple(self.header[name]['shape'])
+    return tuple(self._slices[name].get_shape())
 
-  def get(self, name: str) -> np.ndarray:
-    """The tensor as a read-only memmap (nothing is read until it is indexed)."""
-    info = self.header[name]
-    dtype = np.dtype(_SAFETENSORS_DTYPES[info['dtype']]).newbyteorder('<')
-    shape = tuple(info['shape'])
-    start, stop = info['data_offsets']
-    if stop == start:
-      return np.zeros(shape, dtype)
-    return np.memmap(self.path, dtype=dtype, mode='r', offset=self.offset + start, shape=shape)
+  def read(self, name: str, index: Any = None) -> np.ndarray:
+    """Tensor `name`, or only its slice `index` (a tuple of slices / ints) read alone."""
+    try:
+      if index is None or 0 in self.shape(name):  # get_slice rejects empty tensors
+        whole = self._file.get_tensor(name)
+        return whole if index is None else whole[index]
+      return self._slices[name][index]
+    except safetensors.SafetensorError as e:
+      raise CheckpointError(f'{self.path}: cannot read tensor {name} (slice {index}): '
+                            f'{e}') from e
+
+
+def read_safetensors_slice(path: str, name: str, index: Any = None) -> np.ndarray:
+  """Tensor `name` of the .safetensors file `path`, or only its slice `index`.
+
+  Only the bytes of the slice are read (e.g. `index=(slice(0, 512), slice(None))`
+  reads 512 rows), so each host can place its devices' slices of a tensor
+  without reading the whole tensor.
+  """
+  return SafetensorsFile(path).read(name, index)
+
+
+def _transposed_index(index: Any, ndim: int) -> Tuple[Any, ...]:
+  """The index into `x` of the slice `x.T[index]` (then transposed back by the caller)."""
+  index = tuple(index) if isinstance(index, tuple) else (index,)
+  index = index + (slice(None),) * (ndim - len(index))
+  return index[::-1]
 
 
 class _Weights:
-  """Every tensor of an HF directory: name -> lazy loader, shape and file."""
+  """Every tensor of an HF directory: name -> lazy loader, shape and file.
+
+  `loaders[name](index=None)` reads the tensor, or only its slice `index`.
+  """
 
   def __init__(self, directory: str):
-    self.loaders: Dict[str, Callable[[], np.ndarray]] = {}
+    self.loaders: Dict[str, Callable[..., np.ndarray]] = {}
     self.shapes: Dict[str, Tuple[int, ...]] = {}
     self.files: Dict[str, str] = {}
     for single, index, add in (
@@ -258,9 +285,9 @@ class _Weights:
         f'{sorted(os.listdir(directory))[:10]}')
 
   def _add_safetensors(self, path: str) -> None:
-    st = _SafetensorsFile(path)
-    for name in st.header:
-      self.loaders[name] = (lambda st=st, name=name: st.get(name))
+    st = SafetensorsFile(path)
+    for name in st.names():
+      self.loaders[name] = (lambda index=None, st=st, name=name: st.read(name, index))
       self.shapes[name], self.files[name] = st.shape(name), path
 
   def _add_bin(self, path: str) -> None:
@@ -279,7 +306,7 @@ class _Weights:
       tensor = tensor.detach()
       # bf16 -> f32 is exact; numpy has no bf16 view of a torch tensor.
       array = tensor.float().numpy() if tensor.dtype == torch.bfloat16 else tensor.numpy()
-      self.loaders[name] = (lambda a=array: a)
+      self.loaders[name] = (lambda index=None, a=array: a if index is None else a[index])
       self.shapes[name], self.files[name] = tuple(array.shape), path
 
   def equal(self, a: str, b: str) -> bool:
@@ -416,11 +443,13 @@ def read_hf_checkpoint(directory: str, shardings: Optional[Any] = None
   for path, (name, transpose) in mapping.items():
 
     def read(index=None, name=name, transpose=transpose, path=path):
-      array = weights.loaders[name]()  # a memmap for safetensors: nothing read yet
+      # Reads only the slice `index` of the stored tensor (safetensors' get_slice).
       if transpose:
-        array = array.T
-      if index is not None:
-        array = array[index]
+        ndim = len(weights.shapes[name])
+        stored = None if index is None else _transposed_index(index, ndim)
+        array = weights.loaders[name](stored).T
+      else:
+        array = weights.loaders[name](index)
       out = np.asarray(array, np.float32)
       if fold is not None and path == 'decoder/logits_dense/kernel':
         out = out * fold
@@ -430,8 +459,8 @@ def read_hf_checkpoint(directory: str, shardings: Optional[Any] = None
       params[path] = jax.make_array_from_callback(tuple(expected[path].shape),
                                                   flat_shardings[path], read)
     else:
-      # A jax array now, so the memmap (and its file pages) is dropped tensor by tensor
-      # and a jitted step is not handed numpy views to copy (transposed) on every call.
+      # A jax array now, so a jitted step is not handed numpy views to copy (transposed)
+      # on every call.
       params[path] = jnp.asarray(read())
   return config, traverse_util.unflatten_dict(params, sep='/')
 
@@ -440,24 +469,10 @@ def read_hf_checkpoint(directory: str, shardings: Optional[Any] = None
 
 
 def _write_safetensors(path: str, tensors: Dict[str, np.ndarray]) -> None:
-  """Writes `tensors` (f32 / f16 / bf16 numpy arrays) as one safetensors file."""
-  header: Dict[str, Any] = {'__metadata__': {'format': 'pt'}}
-  offset = 0
-  names = sorted(tensors)
-  for name in names:
-    a = tensors[name]
-    header[name] = {'dtype': _WRITE_DTYPES[a.dtype], 'shape': list(a.shape),
-                    'data_offsets': [offset, offset + a.nbytes]}
-    offset += a.nbytes
-  raw = json.dumps(header, separators=(',', ':')).encode()
-  raw += b' ' * (-len(raw) % 8)  # keep the data 8-byte aligned, as safetensors does
+  """Writes `tensors` (f32 / f16 / bf16 numpy arrays) as one safetensors file, atomically."""
   tmp = path + '.tmp'
-  with open(tmp, 'wb') as f:
-    f.write(struct.pack('<Q', len(raw)))
-    f.write(raw)
-    for name in names:
-      f.write(np.ascontiguousarray(tensors[name]).astype(tensors[name].dtype.newbyteorder('<'),
-                                                         copy=False).tobytes())
+  safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp,
+                              metadata={'format': 'pt'})
   os.replace(tmp, path)
 
 

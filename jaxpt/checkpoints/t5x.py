@@ -13,8 +13,9 @@ holding, in place of each large array, a tensorstore zarr spec (legacy T5X,
 `{'driver': 'zarr', 'kvstore': {'path': 'target.encoder...'}, ...}`) or a
 `PLACEHOLDER://name` string (T5X through Orbax); each array is a zarr
 directory beside the index, read with tensorstore from local paths or
-`gs://` (tensorstore's gcs kvstore). Only arrays under the requested prefix
-are opened, and with shardings each device reads only its own slice.
+`gs://` (tensorstore's gcs kvstore, `jaxpt.storage.gcs_kvstore`). Only arrays
+under the requested prefix are opened, and with shardings each device reads
+only its own slice.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import msgpack
 import numpy as np
 from flax import serialization, traverse_util
 
+from jaxpt import storage
 from jaxpt.checkpoints.errors import CheckpointError
 from jaxpt.models.config import T5Config
 
@@ -37,40 +39,23 @@ _ROOTS = ('optimizer', '_optimizer')
 _INDEX = 'checkpoint'
 
 # ---------------------------------------------------------------------------
-# Locating the msgpack file (local file, local directory, gs://).
-
-
-def _split_gs(url: str) -> Tuple[str, str]:
-  """'gs://bucket/a/b' -> ('bucket', 'a/b')."""
-  bucket, _, rest = url[len('gs://'):].partition('/')
-  return bucket, rest
-
-
-def gcs_kvstore(url: str) -> Dict[str, Any]:
-  """The tensorstore kvstore spec of a `gs://bucket/path` URL."""
-  bucket, rest = _split_gs(url)
-  if not bucket:
-    raise CheckpointError(f'{url}: expected gs://BUCKET/PATH')
-  return {'driver': 'gcs', 'bucket': bucket, 'path': rest}
+# Locating the msgpack file (local file, local directory, gs:// via jaxpt.storage).
 
 
 def _open_stream(path: str) -> Tuple[IO[bytes], str, str]:
   """(stream over the msgpack file, its name, the directory its arrays live in)."""
-  if path.startswith('gs://'):
-    import tensorstore as ts
+  if storage.is_gs(path):
     url = path.rstrip('/')
     candidates = [(url + '/' + _INDEX, url)]
     if not path.endswith('/'):  # may name the msgpack file itself
       candidates.append((url, url.rsplit('/', 1)[0]))
     for name, directory in candidates:
-      bucket, key = _split_gs(name)
       try:
-        kv = ts.KvStore.open({'driver': 'gcs', 'bucket': bucket}).result()
-        result = kv.read(key).result()
-      except Exception as e:  # tensorstore raises ValueError / RuntimeError variants
+        return io.BytesIO(storage.read_bytes(name)), name, directory
+      except FileNotFoundError:
+        continue
+      except OSError as e:
         raise CheckpointError(f'{name}: cannot read the T5X checkpoint: {e}') from e
-      if result.state == 'value':
-        return io.BytesIO(bytes(result.value)), name, directory
     raise CheckpointError(f'{path}: expected a T5X checkpoint (a msgpack file, or a directory '
                           f'holding `{_INDEX}`), found neither')
   if os.path.isdir(path):
@@ -85,6 +70,14 @@ def _open_stream(path: str) -> Tuple[IO[bytes], str, str]:
 
 # ---------------------------------------------------------------------------
 # A seeking msgpack walker: skips objects without reading their payloads.
+#
+# Why not a library: `flax.serialization.msgpack_restore` decodes a whole byte
+# string (the optimizer state included, 2-3x the parameters, and the file held
+# whole besides), `msgpack.Unpacker.skip()` buffers each skipped object whole,
+# and neither tensorstore nor Orbax reads a subtree of a single msgpack file.
+# So the walker below only locates the subtree's bytes (seeking over the rest);
+# the subtree itself is decoded by flax's public `msgpack_restore` (its ndarray /
+# bfloat16 / scalar ext types and `__msgpack_chunked_array__` leaves).
 
 _FIXED = {0xc0: 0, 0xc2: 0, 0xc3: 0, 0xca: 4, 0xcb: 8, 0xcc: 1, 0xcd: 2, 0xce: 4, 0xcf: 8,
           0xd0: 1, 0xd1: 2, 0xd2: 4, 0xd3: 8, 0xd4: 2, 0xd5: 3, 0xd6: 5, 0xd7: 9, 0xd8: 17}
@@ -142,13 +135,12 @@ def _skip(stream: IO[bytes]) -> None:
 
 
 def _decode_next(stream: IO[bytes]) -> Any:
-  """Decodes the next object (reading exactly its bytes)."""
+  """Decodes the next object (reading exactly its bytes) as flax does."""
   start = stream.tell()
   _skip(stream)
   end = stream.tell()
   stream.seek(start)
-  return msgpack.unpackb(_read(stream, end - start), ext_hook=_ext_hook, raw=False,
-                         strict_map_key=False)
+  return serialization.msgpack_restore(_read(stream, end - start))
 
 
 def _map_header(stream: IO[bytes]) -> Optional[int]:
@@ -187,20 +179,6 @@ def _find(stream: IO[bytes], parts: Sequence[str], top: bool) -> Optional[Any]:
   return None
 
 
-def _ext_hook(code: int, data: bytes) -> Any:
-  """flax's msgpack ext types (ndarray incl. bfloat16, np scalar, complex) -> numpy."""
-  return serialization._msgpack_ext_unpack(code, data)
-
-
-def _unchunk(tree: Any) -> Any:
-  """Reassembles flax's `__msgpack_chunked_array__` leaves (arrays > 1 GiB)."""
-  if isinstance(tree, dict):
-    if '__msgpack_chunked_array__' in tree:
-      return serialization._unchunk(tree)
-    return {k: _unchunk(v) for k, v in tree.items()}
-  return tree
-
-
 def _read_tree(path: str, prefix: Optional[str]) -> Tuple[Any, str, str]:
   """(decoded subtree at `prefix` or the whole file, msgpack file name, array directory)."""
   stream, name, directory = _open_stream(path)
@@ -222,7 +200,7 @@ def _read_tree(path: str, prefix: Optional[str]) -> Tuple[Any, str, str]:
     raise CheckpointError(
         f'{name}: expected a T5X checkpoint with {prefix} (under optimizer/, _optimizer/ or '
         f'at the root), found no {prefix}')
-  return _unchunk(tree), name, directory
+  return tree, name, directory
 
 
 # ---------------------------------------------------------------------------
@@ -254,15 +232,18 @@ class ZarrArray:
 
   @property
   def location(self) -> str:
-    if self.directory.startswith('gs://'):
+    if storage.is_gs(self.directory):
       return f'{self.directory.rstrip("/")}/{self.subdir}'
     return os.path.join(self.directory, self.subdir)
 
   def kvstore_spec(self) -> Dict[str, Any]:
     """The tensorstore kvstore of this array: `file`, or `gcs` for gs:// checkpoints."""
     loc = self.location
-    if loc.startswith('gs://'):
-      spec = gcs_kvstore(loc)
+    if storage.is_gs(loc):
+      try:
+        spec = storage.gcs_kvstore(loc)
+      except ValueError as e:
+        raise CheckpointError(str(e)) from e
       spec['path'] = spec['path'].rstrip('/') + '/'
       return spec
     return {'driver': 'file', 'path': loc + '/'}
@@ -272,10 +253,10 @@ class ZarrArray:
     if self._store is not None:
       return self._store
     loc = self.location
-    if not loc.startswith('gs://') and not os.path.isdir(loc):
+    if not storage.is_gs(loc) and not os.path.isdir(loc):
       raise CheckpointError(f'{self.directory}: the index names array {self.name}, expected in '
                             f'{loc}, which is missing')
-    has_zarray = loc.startswith('gs://') or os.path.isfile(os.path.join(loc, '.zarray'))
+    has_zarray = storage.is_gs(loc) or os.path.isfile(os.path.join(loc, '.zarray'))
     try:
       if has_zarray:
         self._store = ts.open({'driver': 'zarr', 'kvstore': self.kvstore_spec()},

@@ -13,8 +13,9 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from jaxpt.data.features import shift_right
+from jaxpt.vocabulary import EOS_ID
 
-FIRST_ID = 3  # 0 pad, 1 eos, 2 unk
+FIRST_ID = 3  # after pad (0), eos (1) and unk (2)
 LABEL_IDS = (11, 10)  # class 0, class 1
 
 
@@ -29,7 +30,7 @@ def two_class_batch(batch_size: int, seed: int, vocab_size: int = 64,
   low = rng.randint(FIRST_ID, middle, (batch_size, length))
   high = rng.randint(middle, vocab_size, (batch_size, length))
   enc = np.where(label[:, None] == 1, low, high).astype(np.int32)
-  targets = np.stack([np.asarray(LABEL_IDS)[label], np.ones(batch_size, int)], axis=1)
+  targets = np.stack([np.asarray(LABEL_IDS)[label], np.full(batch_size, EOS_ID)], axis=1)
   targets = targets.astype(np.int32)
   return dict(encoder_input_tokens=enc, decoder_input_tokens=shift_right(targets),
               decoder_target_tokens=targets), label.astype(np.int32)
@@ -62,7 +63,7 @@ def multi_task_batch(batch_size: int, seed: int, num_tasks: int = 3, vocab_size:
       raise ValueError(f'task {task} is out of range for {num_tasks} tasks')
     task_ids = np.full(batch_size, task)
   words = np.asarray([task_label_ids(k) for k in range(num_tasks)])[task_ids, label]
-  targets = np.stack([words, np.ones(batch_size, int)], axis=1).astype(np.int32)
+  targets = np.stack([words, np.full(batch_size, EOS_ID)], axis=1).astype(np.int32)
   return dict(features, decoder_input_tokens=shift_right(targets),
               decoder_target_tokens=targets,
               task_ids=task_ids.astype(np.int32)), label
