@@ -189,7 +189,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           eval_split: Optional[str] = 'validation', eval_every: Optional[int] = None,
           eval_examples: Optional[int] = None, best_metric: Optional[str] = None,
           checkpoint_every: int = 1000, keep_checkpoints: int = 3, log_every: int = 100,
-          label_smoothing: float = 0.0, z_loss: float = 1e-4,
+          label_smoothing: float = 0.0, z_loss: float = 0.0,
           partitioning: Optional[Any] = None) -> Dict[str, Any]:
   """Tunes `method` on a frozen backbone; see gin/runs/train.gin for the macros.
 
