@@ -9,6 +9,9 @@ Public API:
   Model, T5Config, preset
   PromptedModel, prompted_model(config, method)   the pure-functional model (loss, score,
                                                  generate) every command runs
+
+`import jaxpt` also registers jaxpt's gin configurables (see `_register_gin` below), so the
+files under gin/ load with plain `gin.parse_config_files_and_bindings`.
 """
 
 from jaxpt.checkpoints.errors import CheckpointError
@@ -22,3 +25,45 @@ from jaxpt.prompted.model import Model
 __all__ = ['CheckpointError', 'Model', 'PromptedModel', 'T5Config', 'export_peft', 'import_peft',
            'load_model', 'preset', 'prompted_model', 'save_hf', 'save_model']
 __version__ = '0.1.0'
+
+
+# ------------------------------------------------------------------------------------ gin
+# `import jaxpt` makes jaxpt's building blocks gin configurables under stable names, T5X's
+# "registration on import" (the runs register on import of jaxpt.cli.runs, partitioning on
+# import of jaxpt.partitioning, by their decorators). `gin.external_configurable` registers
+# a wrapper: the Python objects stay unconfigured, so a parsed gin file never changes what
+# `jaxpt.methods.PromptTuning(...)` or `make_optimizer(...)` do when called from Python.
+# Gin files reference:
+#   jaxpt.preset                      a T5Config for a public size (models/*.gin)
+#   jaxpt.methods.<Class>             every method of jaxpt.methods.registry.METHODS
+#   jaxpt.methods.source_prompt       a prompt checkpoint's [L, d] prompt (SPoT transfer)
+#   jaxpt.methods.shared_prompt       an MPT checkpoint's shared prompt P* (target adaptation)
+#   jaxpt.train.make_optimizer        the optax recipes
+#   jaxpt.assets.mini_t5_path         the committed mini backbone's directory
+# The repository's gin/ directory (when present) goes on gin's search path, after the working
+# directory, so `include 'models/t5_1_1/base.gin'` resolves as under `jaxpt train`.
+
+
+def _register_gin() -> None:
+  import pathlib
+
+  import gin
+
+  from jaxpt.assets import mini_t5_path
+  from jaxpt.methods.registry import METHODS
+  from jaxpt.checkpoints.transfer import shared_prompt, source_prompt
+  from jaxpt.train.optim import make_optimizer
+
+  gin.external_configurable(preset, module='jaxpt')
+  for cls in METHODS.values():
+    gin.external_configurable(cls, module='jaxpt.methods')
+  gin.external_configurable(source_prompt, module='jaxpt.methods')
+  gin.external_configurable(shared_prompt, module='jaxpt.methods')
+  gin.external_configurable(make_optimizer, module='jaxpt.train')
+  gin.external_configurable(mini_t5_path, module='jaxpt.assets')
+  gin_dir = pathlib.Path(__file__).resolve().parents[1] / 'gin'
+  if (gin_dir / 'runs' / 'train.gin').is_file():  # a source checkout, not site-packages/gin
+    gin.add_config_file_search_path(str(gin_dir))
+
+
+_register_gin()

@@ -1,50 +1,62 @@
-"""Gin for the command line: the configurables jaxpt exposes, and flag parsing.
+"""Gin for the command line: `--gin_file` / `--gin.X=Y` parsing for `jaxpt train` and friends.
 
-Configurables (reference them in gin files as `@jaxpt.preset()`, ...):
-  jaxpt.preset                     a T5Config for a public size
-  jaxpt.methods.PromptTuning / PrefixTuning / PTuning / ModelTuning / MultitaskPromptTuning
-  jaxpt.methods.source_prompt      a prompt checkpoint's [L, d] prompt (SPoT transfer)
-  jaxpt.methods.shared_prompt      an MPT checkpoint's shared prompt P* (target adaptation)
-  jaxpt.train.make_optimizer       optax recipes
-  jaxpt.assets.mini_t5_path        the committed mini backbone's directory
-  jaxpt.train / evaluate / infer / export   the runs (jaxpt.cli.runs)
+Registration happens on import, as in T5X, so the gin files load with plain gin too:
+  `import jaxpt`            jaxpt.preset, jaxpt.methods.<every METHODS class>,
+                            jaxpt.methods.source_prompt / shared_prompt,
+                            jaxpt.train.make_optimizer, jaxpt.assets.mini_t5_path
+  `import jaxpt.cli.runs`   the runs jaxpt.train / evaluate / infer / export
+  `import jaxpt.partitioning`   jaxpt.partitioning.PartitionConfig, logical_axis_rules
+Each gin file under gin/ imports the modules whose configurables it binds. Importing this
+module imports all of them (and `tasks`, for tasks.local.get_data_dir), so configs recorded
+with `import jaxpt.cli.gin_flags` (older operative_config.gin files) still load.
+
+`--gin_file` names resolve against the working directory, then --gin_search_paths, then
+the repository's gin/. `include` lines inside gin files resolve through gin's own search path:
+the working directory, the repository's gin/ (added by `import jaxpt`), then the
+--gin_search_paths directories; give your own files names that differ from jaxpt's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import logging
 import os
 import pathlib
-from typing import List, Sequence
+from typing import List, Sequence, Set
 
 import gin
 
-from jaxpt.assets import mini_t5_path
-from jaxpt.methods import ModelTuning, MultitaskPromptTuning, PrefixTuning, PromptTuning, PTuning
-from jaxpt.checkpoints.transfer import shared_prompt, source_prompt
-from jaxpt.models.config import preset
-from jaxpt.train.optim import make_optimizer
+import jaxpt  # noqa: F401  (registers the library's configurables)
+import jaxpt.cli.runs  # noqa: F401  (registers the runs)
+import jaxpt.partitioning  # noqa: F401  (registers PartitionConfig)
+import tasks  # noqa: F401  (light; its gin-settable data directory)
 
 REPO_GIN_DIR = pathlib.Path(__file__).resolve().parents[2] / 'gin'
 
-_registered = False
+_search_paths: Set[str] = set()
 
 
-def register() -> None:
-  """Makes jaxpt's building blocks configurable (idempotent)."""
-  global _registered
-  if _registered:
-    return
-  gin.external_configurable(preset, module='jaxpt')
-  for cls in (PromptTuning, PrefixTuning, PTuning, ModelTuning, MultitaskPromptTuning):
-    gin.external_configurable(cls, module='jaxpt.methods')
-  gin.external_configurable(source_prompt, module='jaxpt.methods')
-  gin.external_configurable(shared_prompt, module='jaxpt.methods')
-  gin.external_configurable(make_optimizer, module='jaxpt.train')
-  gin.external_configurable(mini_t5_path, module='jaxpt.assets')
-  import jaxpt.cli.runs  # noqa: F401  (registers the runs)
-  import tasks  # noqa: F401  (light; its gin-settable data directory)
-  _registered = True
+class _IncludeMisses(logging.Filter):
+  """Drops gin's ERROR record for each search path an `include` is not under.
+
+  gin tries its search paths in turn and its package-resource reader logs
+  'Path not found' for every miss, also when a later path has the file; a file
+  found nowhere still raises IOError naming every path searched.
+  """
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.msg != 'Path not found: %s'
+
+
+@contextlib.contextmanager
+def _quiet_include_misses():
+  root, quiet = logging.getLogger(), _IncludeMisses()
+  root.addFilter(quiet)
+  try:
+    yield
+  finally:
+    root.removeFilter(quiet)
 
 
 def _find(name: str, search_paths: Sequence[str]) -> str:
@@ -67,14 +79,16 @@ def _find(name: str, search_paths: Sequence[str]) -> str:
 def parse(gin_files: Sequence[str], bindings: Sequence[str],
           search_paths: Sequence[str] = ()) -> List[str]:
   """Parses gin files then `--gin.X=Y` bindings; errors name the bad file or binding."""
-  register()
   paths = [p for p in search_paths if p] + ['.', str(REPO_GIN_DIR)]
   for path in paths:
-    gin.add_config_file_search_path(path)
+    if path not in _search_paths:  # gin appends: add each once per process
+      gin.add_config_file_search_path(path)
+      _search_paths.add(path)
   files = [_find(f, paths) for f in gin_files]
   gin.clear_config()
   try:
-    gin.parse_config_files_and_bindings(files, None, finalize_config=False)
+    with _quiet_include_misses():
+      gin.parse_config_files_and_bindings(files, None, finalize_config=False)
   except (ValueError, KeyError, SyntaxError, ImportError) as e:
     raise ValueError(f'in gin files {files}: {e}') from e
   for binding in bindings:

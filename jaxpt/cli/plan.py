@@ -217,7 +217,7 @@ def plan(*, model_config: T5Config = gin.REQUIRED, method: Any = gin.REQUIRED,
          optimizer: Any = gin.REQUIRED, trainable_rules: Sequence[str] = PROMPT_ONLY,
          batch_size: int = 32, task_feature_lengths: Mapping[str, int] = None,
          partitioning: Optional[pt.PartitionConfig] = None, label_smoothing: float = 0.0,
-         z_loss: float = 1e-4, device_memory_gib: float = 16.0, full_tuning: bool = True,
+         z_loss: float = 0.0, device_memory_gib: float = 16.0, full_tuning: bool = True,
          scan_layers: Optional[bool] = True) -> List[Dict[str, Any]]:
   """Plans the configured run and (with `full_tuning`) the same run training everything."""
   lengths = dict(task_feature_lengths or {'inputs': 512, 'targets': 8})
