@@ -43,8 +43,7 @@ class T5Config:
     remat_policy: 'none', 'full' or 'minimal' (saves matmul outputs only).
       On XLA:CPU it saves memory only with `scan_layers=True`: with unrolled
       layers the compiler computes the rematerialized values in the forward
-      pass and keeps them (T5 1.1 small, batch 8, 256 positions, prompt tuning:
-      temporaries 801 -> 733 MiB unrolled, 1005 -> 156 MiB scanned).
+      pass and keeps them (measured in docs/benchmarks.md, "Remat on CPU").
     decoder_start_token_id / pad_token_id / eos_token_id: T5 conventions.
   """
 
