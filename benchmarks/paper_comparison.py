@@ -55,6 +55,7 @@ from jaxpt.evaluate.splits import score_split  # noqa: E402
 from jaxpt.prompted.base import prompted_model  # noqa: E402
 from jaxpt.train.loop import train  # noqa: E402
 from jaxpt.train.optim import make_optimizer, schedule  # noqa: E402
+from jaxpt.vocabulary import backbone_vocabulary  # noqa: E402
 from prompt_tuning_step import cpu_name, load_average, versions, worker_matmul  # noqa: E402
 
 TEXT_LENGTHS = {'sst2': 48, 'rte': 128}  # encoder text tokens; a prompt comes on top
@@ -252,7 +253,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   parser.add_argument('--backbone', default=mini_t5_path(),
                       help='a jaxpt model directory with its spiece.model')
   args = parser.parse_args(argv)
-  import sentencepiece as spm
 
   t0 = time.perf_counter()
   matmul = {f: round(worker_matmul(argparse.Namespace(matmul_n=1024, device='cpu'), f)['gflops'],
@@ -262,7 +262,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
              f'{versions()}')
   print(machine, flush=True)
   model = jaxpt.load_model(args.backbone)
-  vocab = spm.SentencePieceProcessor(model_file=os.path.join(args.backbone, 'spiece.model'))
+  vocab = backbone_vocabulary(args.backbone)
   encode = lambda text: vocab.encode(text)
   hf_dir = tempfile.mkdtemp(prefix='mini_t5_hf_')
   jaxpt.save_hf(model, hf_dir)

@@ -153,17 +153,11 @@ class Runner:
 
 
 def run(args: argparse.Namespace) -> List[str]:
-  from jaxpt.vocabulary import Vocabulary
-  from tasks import features, local
+  from jaxpt.vocabulary import backbone_vocabulary
+  from tasks import local
   if args.data_dir:
     local.set_data_dir(args.data_dir)
-  data_dir = local.get_data_dir()
-  # A backbone that ships its own SentencePiece model (jaxpt's mini T5) is read with it;
-  # otherwise the T5 vocabulary.
-  own_vocab = os.path.join(args.backbone, 'spiece.model')
-  vocab_path = data_dir / 'vocab' / 't5_spiece.model'
-  vocab = Vocabulary(own_vocab if os.path.isfile(own_vocab) else
-                     str(vocab_path) if vocab_path.is_file() else features.default_vocab_path())
+  vocab = backbone_vocabulary(None if args.backbone.startswith('random:') else args.backbone)
   if args.backbone == 'random:tiny':
     config = jaxpt.preset('t5_1_1', 'tiny')
     from jaxpt.models.t5 import init_params

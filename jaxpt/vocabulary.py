@@ -8,7 +8,8 @@ highest id), exactly as seqio.SentencePieceVocabulary does.
 from __future__ import annotations
 
 import os
-from typing import List, Sequence
+import pathlib
+from typing import List, Optional, Sequence
 
 import sentencepiece as spm
 
@@ -21,6 +22,10 @@ EOS_ID = 1
 DEFAULT_EXTRA_IDS = 100
 # The public T5 vocabulary; readable with network access only.
 T5_VOCAB_GCS = 'gs://t5-data/vocabs/cc_all.32000/sentencepiece.model'
+VOCAB_ENV_VAR = 'JAXPT_VOCAB'
+SPIECE_FILE = 'spiece.model'
+_SHARED_VOCAB = (pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'vocab' /
+                 't5_spiece.model')
 
 
 class Vocabulary:
@@ -71,3 +76,27 @@ class Vocabulary:
       if i != self.pad_id and i < self.base_size:
         kept.append(i)
     return self._sp.DecodeIds(kept)
+
+
+def default_vocab_path() -> str:
+  """T5's SentencePiece model: $JAXPT_VOCAB, else `../shared/data/vocab/t5_spiece.model`
+  beside the repository when present, else T5's public GCS copy."""
+  if os.environ.get(VOCAB_ENV_VAR):
+    return os.environ[VOCAB_ENV_VAR]
+  if _SHARED_VOCAB.is_file():
+    return str(_SHARED_VOCAB)
+  return T5_VOCAB_GCS
+
+
+def backbone_vocabulary(backbone_path: Optional[str] = None) -> Vocabulary:
+  """The vocabulary that goes with a backbone: the one entry point for tokenizers.
+
+  A backbone directory that ships its SentencePiece model (`spiece.model`: HF
+  T5 directories, jaxpt's mini T5) uses it; otherwise (T5X checkpoints, a
+  random init, no path) T5's public vocabulary (`default_vocab_path`).
+  """
+  if backbone_path and not str(backbone_path).startswith('gs://'):
+    own = os.path.join(os.fspath(backbone_path), SPIECE_FILE)
+    if os.path.isfile(own):
+      return Vocabulary(own)
+  return Vocabulary(default_vocab_path())

@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import pathlib
 from typing import Dict
 
-VOCAB_ENV_VAR = 'JAXPT_VOCAB'
-PUBLIC_VOCAB = 'gs://t5-data/vocabs/cc_all.32000/sentencepiece.model'
 EXTRA_IDS = 100
 """T5's sentinel ids: with the 32000-piece model the vocabulary has 32100 ids."""
 
 _REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-_SHARED_VOCAB = _REPO_ROOT.parent / 'shared' / 'data' / 'vocab' / 't5_spiece.model'
 
 
 def default_vocab_path() -> str:
-  """The T5 SentencePiece model: $JAXPT_VOCAB, else `../shared/data/vocab/t5_spiece.model`
-  beside the repository when present, else T5's public GCS copy."""
-  if os.environ.get(VOCAB_ENV_VAR):
-    return os.environ[VOCAB_ENV_VAR]
-  if _SHARED_VOCAB.is_file():
-    return str(_SHARED_VOCAB)
-  return PUBLIC_VOCAB
+  """T5's SentencePiece model (`jaxpt.vocabulary.default_vocab_path`)."""
+  from jaxpt.vocabulary import default_vocab_path as jaxpt_default
+  return jaxpt_default()
 
 
 def mini_vocab_path() -> str:

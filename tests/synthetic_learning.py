@@ -8,7 +8,7 @@ import jax
 import numpy as np
 
 from jaxpt.prompted.base import prompted_model
-from jaxpt.data.synthetic import two_class_batch
+from jaxpt.data.toy import two_class_batch
 from jaxpt.methods import PROMPT_ONLY, Backbone, combine, partition
 from jaxpt.models.config import preset
 from jaxpt.models.t5 import init_params

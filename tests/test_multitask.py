@@ -9,7 +9,7 @@ import pytest
 from jaxpt.prompted.base import prompted_model
 import jaxpt
 from jaxpt.checkpoints import prompts
-from jaxpt.data.synthetic import multi_task_batch
+from jaxpt.data.toy import multi_task_batch
 from jaxpt.checkpoints.peft import export_peft, import_peft
 from jaxpt.methods import Backbone, MultitaskPromptTuning, PromptTuning
 from jaxpt.methods.multitask import stack_teachers

@@ -13,7 +13,7 @@ import pytest
 from jaxpt.prompted.base import prompted_model
 from jaxpt.checkpoints import prompts
 from jaxpt.checkpoints.training import TrainCheckpointer
-from jaxpt.data.synthetic import two_class_batch
+from jaxpt.data.toy import two_class_batch
 from jaxpt.methods import Backbone, PromptTuning
 from jaxpt.models.config import preset
 from jaxpt.models.t5 import init_params
@@ -77,7 +77,7 @@ def test_frozen_leaves_untouched_and_optimizer_state_is_trainable_only(setup):
 
 
 def test_resume_is_bit_identical(setup, tmp_path):
-  common = dict(checkpoint_every=3, log_every=1, keep=5)
+  common = dict(checkpoint_every=3, log_every=1, keep_checkpoints=5)
   straight = _run(setup, num_steps=6, model_dir=tmp_path / 'straight', **common)
   lines = []
   first = _run(setup, num_steps=3, model_dir=tmp_path / 'resumed', print_fn=lines.append,
@@ -115,13 +115,13 @@ def test_metrics_log_has_one_line_per_logged_step(setup, tmp_path):
 @pytest.mark.parametrize('mode,best', [('max', 4), ('min', 2)])
 def test_keeps_last_k_plus_best(setup, tmp_path, mode, best):
   scores = {2: 0.5, 4: 0.9, 6: 0.7, 8: 0.6}
-  result = _run(setup, num_steps=8, model_dir=tmp_path, checkpoint_every=1, keep=2,
+  result = _run(setup, num_steps=8, model_dir=tmp_path, checkpoint_every=1, keep_checkpoints=2,
                 eval_fn=lambda params, step: {'score': scores[step]}, eval_every=2,
                 best_metric='score', best_mode=mode, log_every=100)
   assert result.best_step == best
   directory = tmp_path / CHECKPOINT_DIR
   assert sorted(int(n) for n in os.listdir(directory)) == sorted({best, 7, 8})
-  with TrainCheckpointer(directory, keep=2, best_metric='score', best_mode=mode) as ckpt:
+  with TrainCheckpointer(directory, keep_checkpoints=2, best_metric='score', best_mode=mode) as ckpt:
     assert ckpt.all_steps() == sorted({best, 7, 8}) and ckpt.best_step() == best
   assert prompts.read_manifest(tmp_path / 'prompt_best')['step'] == best
   assert prompts.read_manifest(tmp_path / 'prompt')['step'] == 8
@@ -157,13 +157,13 @@ def test_corrupt_checkpoint_raises_checkpoint_error(setup, tmp_path):
 
   _, _, _, method_params = setup
   like = init_state({'method': method_params}, optax.sgd(0.1))
-  with TrainCheckpointer(tmp_path, keep=1, async_save=False) as ckpt:
+  with TrainCheckpointer(tmp_path, keep_checkpoints=1, async_save=False) as ckpt:
     ckpt.save(1, like, 1, jax.random.key(0))
   for root, _, files in os.walk(tmp_path / '1' / 'state'):
     for name in files:
       if 'ocdbt' in root or name.startswith('manifest'):
         with open(os.path.join(root, name), 'wb') as f:
           f.write(b'corrupt')
-  with TrainCheckpointer(tmp_path, keep=1) as ckpt:
+  with TrainCheckpointer(tmp_path, keep_checkpoints=1) as ckpt:
     with pytest.raises(CheckpointError, match=str(tmp_path)):
       ckpt.restore(like=like)

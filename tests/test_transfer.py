@@ -12,7 +12,7 @@ import jaxpt
 from jaxpt.checkpoints import prompts
 from jaxpt.checkpoints.errors import CheckpointError
 from jaxpt.cli.main import main
-from jaxpt.data.synthetic import multi_task_batch
+from jaxpt.data.toy import multi_task_batch
 from jaxpt.methods import Backbone, MultitaskPromptTuning, PrefixTuning, PromptTuning
 from jaxpt.checkpoints import transfer
 from jaxpt.models.config import preset

@@ -13,8 +13,8 @@ Saves are atomic: Orbax writes into a temporary directory and renames it to
 `<step>` once complete; half-written temporaries are removed when the
 directory is next opened, and `latest_step` only sees finished steps.
 
-Retention is "the last `keep` plus the best": an Orbax `AnyPreservationPolicy`
-of `LatestN(keep)` and `BestN(n=1)` over the validation metric. (The legacy
+Retention is "the last `keep_checkpoints` plus the best": an Orbax
+`AnyPreservationPolicy` of `LatestN(keep_checkpoints)` and `BestN(n=1)` over the validation metric. (The legacy
 `max_to_keep` + `best_fn` options cannot do this: with `best_fn` set,
 `max_to_keep` keeps the `max_to_keep` *best* checkpoints and the latest one
 may be deleted.) Checkpoints saved without metrics count for `LatestN` only.
@@ -87,27 +87,28 @@ class TrainCheckpointer:
 
   Args:
     directory: where step directories go (created if missing).
-    keep: how many of the most recent checkpoints to keep (>= 1).
+    keep_checkpoints: how many of the most recent checkpoints to keep (>= 1).
     best_metric: a key of the `metrics` passed to `save`; the best checkpoint
-      by it is kept as well, whatever its age. None keeps only the last `keep`.
+      by it is kept as well, whatever its age. None keeps only the last `keep_checkpoints`.
     best_mode: 'max' (accuracy) or 'min' (loss).
     async_save: write in a background thread after copying arrays to the host
       (`save` returns once the copy is done, so donated buffers are safe).
   """
 
-  def __init__(self, directory: str, *, keep: int = 3, best_metric: Optional[str] = None,
+  def __init__(self, directory: str, *, keep_checkpoints: int = 3,
+               best_metric: Optional[str] = None,
                best_mode: str = 'max', async_save: bool = True):
     import orbax.checkpoint as ocp
     from orbax.checkpoint import checkpoint_managers as cm
 
-    if keep < 1:
-      raise ValueError(f'keep must be at least 1, got {keep}')
+    if keep_checkpoints < 1:
+      raise ValueError(f'keep_checkpoints must be at least 1, got {keep_checkpoints}')
     if best_mode not in MODES:
       raise ValueError(f'best_mode must be one of {MODES}, got {best_mode!r}')
     self.directory = os.path.abspath(os.fspath(directory))
     self.best_metric = best_metric
     self.best_mode = best_mode
-    policies = [cm.LatestN(n=keep)]
+    policies = [cm.LatestN(n=keep_checkpoints)]
     best_fn = None
     if best_metric is not None:
       best_fn = _metric_fn(best_metric, best_mode)

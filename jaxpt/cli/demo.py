@@ -37,6 +37,7 @@ from jaxpt.methods import PROMPT_ONLY, Backbone, PromptTuning
 from jaxpt.prompted.base import prompted_model
 from jaxpt.train.loop import train as train_loop
 from jaxpt.train.optim import make_optimizer
+from jaxpt.vocabulary import backbone_vocabulary
 
 PROMPT_LENGTH = 20
 LENGTHS = {'inputs': 64, 'targets': 4}  # the inputs include the prompt
@@ -83,7 +84,6 @@ def run(seed: int = 0, steps: int = 300, out_dir: str = os.path.join('runs', 'de
         learning_rate: float = 0.3) -> float:
   """Runs the main job on the mini backbone (or `backbone_dir`, a jaxpt model directory
   with its `spiece.model`); returns the tuned accuracy (a fraction)."""
-  import sentencepiece as spm
   import tasks
 
   start = time.perf_counter()
@@ -91,7 +91,7 @@ def run(seed: int = 0, steps: int = 300, out_dir: str = os.path.join('runs', 'de
   print(f'jaxpt demo: prompt tuning a frozen T5 on {what}, offline.')
   backbone_dir = backbone_dir or mini_t5_path()
   model = jaxpt.load_model(backbone_dir)
-  vocab = spm.SentencePieceProcessor(model_file=os.path.join(backbone_dir, 'spiece.model'))
+  vocab = backbone_vocabulary(backbone_dir)
   print(f'  backbone: jaxpt\'s mini T5 ({model.num_params():,} parameters, d_model '
         f'{model.config.emb_dim}, {model.config.num_encoder_layers}+'
         f'{model.config.num_decoder_layers} layers), pretrained here by span corruption and '

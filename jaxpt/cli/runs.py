@@ -25,7 +25,7 @@ from jaxpt.methods import PROMPT_ONLY, Backbone, partition
 from jaxpt.models.config import T5Config
 from jaxpt.models.t5 import init_params
 from jaxpt.prompted.base import prompted_model
-from jaxpt.vocabulary import EOS_ID
+from jaxpt.vocabulary import EOS_ID, backbone_vocabulary
 
 CONFIG_FILE = 'config.gin'
 OPERATIVE_CONFIG_FILE = 'operative_config.gin'
@@ -157,7 +157,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   result = train_loop(
       prompted, model.params, method_params, batches, optimizer=optimizer,
       num_steps=train_steps, rng=jax.random.key(seed + 2), trainable_rules=trainable_rules,
-      model_dir=model_dir, checkpoint_every=checkpoint_every, keep=keep_checkpoints,
+      model_dir=model_dir, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
       eval_fn=eval_fn, eval_every=eval_every, best_metric=best_metric,
       log_every=log_every, on_metrics=on_metrics, backbone_source=model.source,
       partitioning=partitioning)
@@ -235,7 +235,7 @@ def infer(*, model_dir: str = gin.REQUIRED, task_feature_lengths: Mapping[str, i
   if input_tsv:
     if not os.path.isfile(input_tsv):
       raise FileNotFoundError(f'INPUT_TSV {input_tsv!r} does not exist')
-    vocab = tasks.t5_vocabulary()
+    vocab = backbone_vocabulary(initial_checkpoint_path)
     texts = [line.rstrip('\n').split('\t')[0] for line in open(input_tsv) if line.strip()]
     tokens = pad_rows([vocab.encode(t)[:lengths['inputs'] - 1] + [EOS_ID] for t in texts],
                       lengths['inputs'])

@@ -14,14 +14,13 @@ from typing import Dict, Iterator, List, Mapping, Sequence, Tuple
 import numpy as np
 
 from jaxpt.data.features import pad_rows, shift_right
-from jaxpt.vocabulary import EOS_ID
+from jaxpt.vocabulary import EOS_ID, Vocabulary
 
 
 def encode_documents(texts: Sequence[str], vocab_path: str) -> List[List[int]]:
   """SentencePiece ids of each text (no EOS)."""
-  import sentencepiece as spm
-  processor = spm.SentencePieceProcessor(model_file=str(vocab_path))
-  return [processor.encode(t) for t in texts]
+  vocab = Vocabulary(str(vocab_path))
+  return [vocab.encode(t) for t in texts]
 
 
 def objective_batches(documents: Sequence[Sequence[int]], objective: str, vocab_size: int,

@@ -32,40 +32,31 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpt.methods.interface import Backbone, SoftInputs
-from jaxpt.methods.prompt import PromptTuning, check_task_ids
+from jaxpt.methods.prompt import PromptInit, PromptTuning, check_task_ids
 from jaxpt.models.config import T5Config
 
 Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
-class MultitaskPromptTuning:
+class MultitaskPromptTuning(PromptInit):
   """A shared prompt P* [length, d] and rank-`rank` factors for `num_tasks` tasks.
 
-  Attributes:
-    length: prompt tokens L.
+  Attributes: those of `PromptInit` for P* (`array`: a saved P* [length, d]
+  for initializer 'array', as in target adaptation), and
     num_tasks: tasks K (each batch example names its task in `task_ids`;
       with one task, task ids may be left out).
     rank: r, the rank of each task's multiplicative update (at most `length`).
-    initializer: P*'s init, any `PromptTuning` initializer ('array': `array`).
-    scale, population_size, class_labels, text: as in `PromptTuning`.
     factor_scale: standard deviation of u_k's random columns.
-    array: a saved P* [length, d] for initializer 'array' (target adaptation).
   """
 
-  length: int = 100
   num_tasks: int = 1
   rank: int = 1
-  initializer: str = 'sampled_vocab'
-  scale: float = 0.5
-  population_size: int = 5000
-  class_labels: Tuple[str, ...] = ()
-  text: str = ''
   factor_scale: float = 0.02
-  array: Optional[Any] = dataclasses.field(default=None, compare=False, repr=False)
   name: str = 'multitask_prompt_tuning'
 
   def __post_init__(self):
+    super().__post_init__()
     if self.num_tasks <= 0:
       raise ValueError(f'num_tasks must be positive, got {self.num_tasks}')
     if self.rank <= 0:
@@ -74,16 +65,6 @@ class MultitaskPromptTuning:
       raise ValueError(f'factor rank {self.rank} is above the prompt length {self.length}: '
                        f'u_k v_kT of a [{self.length}, d] prompt has rank at most '
                        f'{self.length}; use rank <= {self.length}')
-    object.__setattr__(self, 'class_labels', tuple(self.class_labels))
-    self._shared_method()  # validates length and initializer
-
-  places_prompt = False
-  prefix_position = 'none'
-  has_prompt_vectors = True
-
-  @property
-  def prompt_length(self) -> int:
-    return self.length
 
   @property
   def num_prompts(self) -> int:
@@ -91,9 +72,9 @@ class MultitaskPromptTuning:
     return self.num_tasks
 
   def _shared_method(self) -> PromptTuning:
-    return PromptTuning(length=self.length, initializer=self.initializer, scale=self.scale,
-                        population_size=self.population_size, class_labels=self.class_labels,
-                        text=self.text, array=self.array)
+    """P*'s initializer as a one-prompt `PromptTuning`."""
+    fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(PromptInit)}
+    return PromptTuning(**fields)
 
   def init_factors(self, rng: Array, dim: int) -> Dict[str, Array]:
     """Factors u [K, L, r], v [K, d, r] with every u_k v_kᵀ all ones (see the module doc)."""

@@ -58,8 +58,11 @@ def text_init(embedding: Any, ids: Sequence[int], length: int) -> Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class PromptTuning:
-  """`length` soft tokens before the encoder input; `num_prompts` > 1 keeps one per task.
+class PromptInit:
+  """`length` prompt vectors and the paper's ways to start them.
+
+  The fields every prompt-vector method shares (`PromptTuning`, and
+  `MultitaskPromptTuning` for its shared prompt P*).
 
   Attributes:
     length: prompt tokens (100 in the paper).
@@ -68,9 +71,8 @@ class PromptTuning:
     population_size: vocabulary ids sampled from (the 5,000 most frequent).
     class_labels: verbalizer words for 'class_labels'.
     text: the text for 'text'.
-    array: a saved [length, d] (or [num_prompts, length, d]) prompt for 'array';
-      `jaxpt.checkpoints.prompts` fills it from a prompt checkpoint.
-    num_prompts: prompts kept side by side (mixed-task batches, ensembles).
+    array: a saved prompt for 'array'; `jaxpt.checkpoints.prompts` fills it
+      from a prompt checkpoint.
   """
 
   length: int = 100
@@ -80,21 +82,17 @@ class PromptTuning:
   class_labels: Tuple[str, ...] = ()
   text: str = ''
   array: Optional[Any] = dataclasses.field(default=None, compare=False, repr=False)
-  num_prompts: int = 1
-  name: str = 'prompt_tuning'
+
+  places_prompt = False
+  prefix_position = 'none'
+  has_prompt_vectors = True
 
   def __post_init__(self):
     if self.length <= 0:
       raise ValueError(f'prompt length must be positive, got {self.length}')
     if self.initializer not in INITS:
       raise ValueError(f'unknown prompt init {self.initializer!r}; expected one of {INITS}')
-    if self.num_prompts <= 0:
-      raise ValueError(f'num_prompts must be positive, got {self.num_prompts}')
     object.__setattr__(self, 'class_labels', tuple(self.class_labels))
-
-  places_prompt = False
-  prefix_position = 'none'
-  has_prompt_vectors = True
 
   @property
   def prompt_length(self) -> int:
@@ -117,6 +115,24 @@ class PromptTuning:
     if self.initializer == 'text':
       return text_init(emb, list(backbone.encode(self.text)), self.length)
     raise AssertionError(self.initializer)
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptTuning(PromptInit):
+  """`length` soft tokens before the encoder input; `num_prompts` > 1 keeps one per task.
+
+  Attributes: those of `PromptInit` (`array` may be [length, d] or
+  [num_prompts, length, d]), and
+    num_prompts: prompts kept side by side (mixed-task batches, ensembles).
+  """
+
+  num_prompts: int = 1
+  name: str = 'prompt_tuning'
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.num_prompts <= 0:
+      raise ValueError(f'num_prompts must be positive, got {self.num_prompts}')
 
   def init(self, rng: Array, backbone: Backbone) -> Dict[str, Any]:
     dim = backbone.config.emb_dim

@@ -155,10 +155,6 @@ class DecoderLayer(nn.Module):
     return (y, None) if self.scanned else y
 
 
-def _layer_prefix(prefix: Optional[Tuple[Array, Array]], i: int) -> Optional[Prefix]:
-  return None if prefix is None else (prefix[0][i], prefix[1][i])
-
-
 def _run_stack(parent: nn.Module, layer_cls, num_layers: int, carry: Array,
                broadcast_args: Tuple, scanned_args: Tuple, **layer_kwargs) -> Array:
   """Runs `num_layers` layers named layers_i, or one nn.scan named 'layers'.

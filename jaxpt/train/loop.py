@@ -8,7 +8,7 @@ seen, and its parameters continue bit for bit.
 Files under `model_dir`:
 
   checkpoints/<step>/  training checkpoints (`jaxpt.checkpoints.training`):
-                       the last `keep` and the best by `best_metric`.
+                       the last `keep_checkpoints` and the best by `best_metric`.
   metrics.jsonl        one JSON line per logged step ({"split": "train"}) and
                        per evaluation ({"split": "eval"}).
   prompt/              a prompt checkpoint of the latest method parameters
@@ -163,7 +163,7 @@ def _read_best(directory: str, metric: str) -> Optional[float]:
 def train(model: PromptedModel, backbone_params: Any, method_params: Any,
           batches: Callable[[int], Batch], *, optimizer: optax.GradientTransformation,
           num_steps: int, rng: jax.Array, trainable_rules: Sequence[str] = PROMPT_ONLY,
-          model_dir: Optional[str] = None, checkpoint_every: int = 1000, keep: int = 3,
+          model_dir: Optional[str] = None, checkpoint_every: int = 1000, keep_checkpoints: int = 3,
           eval_fn: Optional[Callable[[Dict[str, Any], int], Mapping[str, Any]]] = None,
           eval_every: Optional[int] = None, best_metric: Optional[str] = None,
           best_mode: str = 'max', log_every: int = 100,
@@ -193,7 +193,7 @@ def train(model: PromptedModel, backbone_params: Any, method_params: Any,
       latest checkpoint there is resumed from. None: nothing is written.
     checkpoint_every: steps between checkpoints (the last step, and every
       evaluation step, are checkpointed too).
-    keep: how many recent checkpoints to keep (plus the best by `best_metric`).
+    keep_checkpoints: how many recent checkpoints to keep (plus the best by `best_metric`).
     eval_fn: (params {'backbone', 'method'}, step) -> scalar metrics.
     eval_every: steps between evaluations (and the last step); None: never.
     best_metric: a key of eval_fn's metrics that ranks checkpoints.
@@ -264,7 +264,7 @@ def train(model: PromptedModel, backbone_params: Any, method_params: Any,
   if model_dir is not None:
     model_dir = os.path.abspath(os.fspath(model_dir))
     os.makedirs(model_dir, exist_ok=True)
-    checkpointer = TrainCheckpointer(os.path.join(model_dir, CHECKPOINT_DIR), keep=keep,
+    checkpointer = TrainCheckpointer(os.path.join(model_dir, CHECKPOINT_DIR), keep_checkpoints=keep_checkpoints,
                                      best_metric=best_metric, best_mode=best_mode,
                                      async_save=async_checkpoints)
     latest = checkpointer.latest_step()
