@@ -5,8 +5,8 @@ A T5X checkpoint is a msgpack map `{version, optimizer: {target, state}}`
 layouts may put `target` and `state` at the root). jaxpt needs only `target`.
 The file is walked by seeking: the optimizer state (often 2-3x the parameters)
 is skipped without its bytes being read, so reading a checkpoint's parameters
-costs about their own size in memory. (`msgpack.Unpacker.skip()` would buffer
-each skipped object whole, e.g. a 96 MiB peak for a 50 MiB state.)
+costs about their own size in memory (`msgpack.Unpacker.skip()` would buffer
+each skipped object whole; tests/test_t5x_checkpoints.py bounds the peak).
 
 In the tensorstore layouts the msgpack file is an index named `checkpoint`
 holding, in place of each large array, a tensorstore zarr spec (legacy T5X,
