@@ -16,6 +16,7 @@ Errors print one line naming the bad flag, file or task and exit with status 2;
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import List, Optional
 
@@ -91,6 +92,9 @@ def _split_gin_flags(argv: List[str]):
 
 
 def main(argv: Optional[List[str]] = None) -> None:
+  # TensorFlow (SeqIO, TensorBoard) is only a data and logging layer here: keep its CUDA
+  # probing lines off a CPU machine's console. Set the variable to see them.
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   argv = list(sys.argv[1:] if argv is None else argv)
   rest, bindings = _split_gin_flags(argv)
   args = _parser().parse_args(rest)

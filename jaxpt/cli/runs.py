@@ -9,19 +9,22 @@ TensorBoard event files and the gin config.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Sequence
 
 import gin
 import jax
+import numpy as np
 
 import jaxpt
 from jaxpt.checkpoints.prompts import MANIFEST, load_prompt
 from jaxpt.data.features import pad_rows
-from jaxpt.evaluate.splits import predict_texts, score_split
+from jaxpt.evaluate.splits import predict_texts, score_examples, score_split
 from jaxpt.methods import PROMPT_ONLY, Backbone, partition
+from jaxpt.methods.prompt import PromptInit
 from jaxpt.models.config import T5Config
 from jaxpt.models.t5 import init_params
 from jaxpt.prompted.base import prompted_model
@@ -86,11 +89,6 @@ def _task_setup(task_name: str, feature_lengths: Mapping[str, int], prompt_lengt
   return task, lengths
 
 
-def _vocabulary_encoder(task: Any):
-  vocab = task.output_features['targets'].vocabulary
-  return lambda text: list(vocab.encode(text))
-
-
 def _tensorboard_writer(directory: str):
   import tensorflow as tf
   return tf.summary.create_file_writer(directory)
@@ -105,11 +103,93 @@ def _write_scalars(writer: Any, step: int, values: Mapping[str, Any]) -> None:
   writer.flush()
 
 
+class _RunData(NamedTuple):
+  """What a training run reads: batches, the text encoder, and an evaluation."""
+  batches: Callable[[int], Dict[str, np.ndarray]]
+  encode: Callable[[str], Sequence[int]]
+  vocab_size: Optional[int]
+  evaluate: Optional[Callable[[Any, Any], Dict[str, Any]]]
+
+
+def _task_data(task_name: str, eval_split: Optional[str],
+               feature_lengths: Mapping[str, int], prompt_length: int, batch_size: int,
+               seed: int, eval_examples: Optional[int]) -> _RunData:
+  from jaxpt.data.seqio_batches import TrainBatches, eval_examples as read_eval
+
+  task, lengths = _task_setup(task_name, feature_lengths, prompt_length)
+  vocab = task.output_features['targets'].vocabulary
+  evaluate = None
+  if eval_split:
+    examples = read_eval(task_name, lengths, eval_split, eval_examples)
+    evaluate = lambda model, params: score_split(model, params, task_name, examples)['metrics']
+  return _RunData(TrainBatches(task_name, lengths, batch_size, seed=seed),
+                  lambda text: list(vocab.encode(text)), getattr(vocab, 'vocab_size', None),
+                  evaluate)
+
+
+def _file_data(train_file: str, validation_file: Optional[str], vocab: Any,
+               feature_lengths: Mapping[str, int], prompt_length: int, batch_size: int,
+               seed: int, *, input_template: Optional[str], input_field: str,
+               target_field: str, labels: Optional[Sequence[str]],
+               eval_examples: Optional[int]) -> _RunData:
+  import tasks
+  from jaxpt.data.text_classification import ClassificationBatches, encode_inputs, label_table
+  from jaxpt.data.user_files import label_list, read_examples
+
+  lengths = tasks.feature_lengths(feature_lengths['inputs'], feature_lengths['targets'],
+                                  prompt_length)
+  read = lambda path: read_examples(path, input_field=input_field, target_field=target_field,
+                                    input_template=input_template)
+  train = read(train_file)
+  words = label_list(train, labels, train_file)
+  inputs = encode_inputs([e['inputs'] for e in train], vocab.encode, lengths['inputs'])
+  _report_truncation(train_file, [e['inputs'] for e in train], vocab, lengths['inputs'])
+  if words:
+    table = label_table(words, vocab.encode, lengths['targets'])
+    rows = np.asarray([words.index(e['targets']) for e in train])
+  else:
+    table = encode_inputs([e['targets'] for e in train], vocab.encode, lengths['targets'])
+    rows = np.arange(len(train))
+  print(f'data: {len(train):,} training examples from {train_file}'
+        + (f', labels {words}' if words else ', free-text targets'), flush=True)
+  evaluate = None
+  if validation_file:
+    held_out = read(validation_file)[:eval_examples or None]
+    label_list(held_out, words, validation_file)
+    held_inputs = encode_inputs([e['inputs'] for e in held_out], vocab.encode, lengths['inputs'])
+    targets = [e['targets'] for e in held_out]
+    print(f'data: {len(held_out):,} validation examples from {validation_file}', flush=True)
+    evaluate = lambda model, params: score_examples(model, params, held_inputs, targets, vocab,
+                                                    words)['metrics']
+  return _RunData(ClassificationBatches(inputs, rows, table, batch_size, seed),
+                  vocab.encode, vocab.vocab_size, evaluate)
+
+
+def _report_truncation(path: str, texts: Sequence[str], vocab: Any, length: int) -> None:
+  """Says how many inputs are cut to fit `length` tokens (EOS included)."""
+  cut = sum(len(vocab.encode(t)) + 1 > length for t in texts)
+  if cut:
+    print(f'data: {cut:,} of {len(texts):,} inputs in {path} ({100 * cut / len(texts):.1f}%) '
+          f'are longer than {length} tokens and are truncated (raise TASK_FEATURE_LENGTHS)',
+          flush=True)
+
+
+def _check_vocabulary(vocab_size: Optional[int], embedding_rows: int,
+                      checkpoint: Optional[str]) -> None:
+  """Refuses a vocabulary with ids the backbone's embedding does not have."""
+  if vocab_size is not None and vocab_size > embedding_rows:
+    raise ValueError(
+        f'the vocabulary has {vocab_size} ids but the backbone '
+        f'({checkpoint or "random init"}) embeds only {embedding_rows}: this data is '
+        f'tokenized for another backbone. T5 checkpoints use the T5 vocabulary (32,100 ids); '
+        f"jaxpt's mini backbone uses its own (8,100: the *_mini tasks)")
+
+
 # ------------------------------------------------------------------------------- the runs
 
 
 @gin.configurable(module='jaxpt')
-def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
+def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: Optional[str] = None,
           task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
           train_steps: int = gin.REQUIRED, batch_size: int = gin.REQUIRED,
           method: Any = gin.REQUIRED, optimizer: Any = gin.REQUIRED,
@@ -120,31 +200,51 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           eval_examples: Optional[int] = None, best_metric: Optional[str] = None,
           checkpoint_every: int = 1000, keep_checkpoints: int = 3, log_every: int = 100,
           label_smoothing: float = 0.0, z_loss: float = 0.0,
-          partitioning: Optional[Any] = None) -> Dict[str, Any]:
+          partitioning: Optional[Any] = None, train_file: Optional[str] = None,
+          validation_file: Optional[str] = None, input_template: Optional[str] = None,
+          input_field: str = 'input', target_field: str = 'target',
+          labels: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   """Tunes `method` on a frozen backbone; see gin/runs/train.gin for the macros.
 
+  The data is a SeqIO task (`mixture_or_task_name`) or the user's own files
+  (`train_file`, optional `validation_file`: TSV / CSV with a header row, or
+  JSONL; the input is `input_field` or `input_template` over the fields, the
+  target `target_field`; `labels` makes it classification, scored by rank
+  classification), tokenized with the backbone's own vocabulary.
   `partitioning` (a `jaxpt.partitioning.PartitionConfig`, bound by
   gin/partitioning/*.gin) shards the run over a ('data', 'model') mesh.
   """
-  from jaxpt.data.seqio_batches import TrainBatches, eval_examples as read_eval
   from jaxpt.train.loop import train as train_loop
 
   _check_placement(method)
+  if bool(mixture_or_task_name) == bool(train_file):
+    raise ValueError('set exactly one of MIXTURE_OR_TASK_NAME (a SeqIO task) and TRAIN_FILE '
+                     '(your own TSV / CSV / JSONL file)')
   model_dir = _writable_dir(model_dir)
-  task, lengths = _task_setup(mixture_or_task_name, task_feature_lengths, method.prompt_length)
   with open(os.path.join(model_dir, CONFIG_FILE), 'w') as f:
     f.write(gin.config_str())
   model = _backbone(initial_checkpoint_path, model_config, seed)
   prompted = prompted_model(model.config, method, label_smoothing=label_smoothing, z_loss=z_loss)
+  if train_file:
+    data = _file_data(train_file, validation_file if eval_split else None,
+                      backbone_vocabulary(initial_checkpoint_path), task_feature_lengths,
+                      method.prompt_length, batch_size, seed, input_template=input_template,
+                      input_field=input_field, target_field=target_field, labels=labels,
+                      eval_examples=eval_examples)
+  else:
+    data = _task_data(mixture_or_task_name, eval_split, task_feature_lengths,
+                      method.prompt_length, batch_size, seed, eval_examples)
+  _check_vocabulary(data.vocab_size, model.config.vocab_size, initial_checkpoint_path)
+  if (labels and isinstance(method, PromptInit) and method.initializer == 'class_labels'
+      and not method.class_labels):  # the paper's class-label init reads the run's labels
+    method = dataclasses.replace(method, class_labels=tuple(labels))
+    prompted = dataclasses.replace(prompted, method=method)
   method_params = method.init(jax.random.key(seed + 1), Backbone(
-      model.config, model.params['token_embedder']['embedding'], _vocabulary_encoder(task)))
-  batches = TrainBatches(mixture_or_task_name, lengths, batch_size, seed=seed)
-
+      model.config, model.params['token_embedder']['embedding'], data.encode))
+  batches = data.batches
   eval_fn = None
-  if eval_split and eval_every:
-    examples = read_eval(mixture_or_task_name, lengths, eval_split, eval_examples)
-    eval_fn = lambda params, step: {k: v for k, v in score_split(
-        prompted, params, mixture_or_task_name, examples)['metrics'].items()
+  if data.evaluate is not None and eval_every:
+    eval_fn = lambda params, step: {k: v for k, v in data.evaluate(prompted, params).items()
                                     if isinstance(v, (int, float))}
   writers = {}
 

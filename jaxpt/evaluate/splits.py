@@ -73,3 +73,22 @@ def score_split(model: PromptedModel, params: Any, task_name: str,
     metrics = {'accuracy': 100.0 * float(np.mean(np.asarray(targets) == np.asarray(predictions))),
                'note': str(e)}
   return {'metrics': metrics, 'predictions': texts, 'targets': examples['target_texts']}
+
+
+def score_examples(model: PromptedModel, params: Any, inputs: np.ndarray,
+                   target_texts: Sequence[str], vocab: Any,
+                   labels: Optional[Sequence[str]] = None, *, batch_size: int = 32,
+                   max_decode_length: int = 16) -> Dict[str, Any]:
+  """Accuracy on a user's own examples: rank classification over `labels`, else exact match
+  of greedy-decoded text."""
+  if labels:
+    table = pad_rows([list(vocab.encode(w)) + [EOS_ID] for w in labels])
+    rank = jax.jit(lambda p, enc: model.score(p, enc, jnp.asarray(table))[0])
+    texts = [labels[int(i)] for i in _batched(lambda enc: rank(params, enc), inputs,
+                                              batch_size)]
+  else:
+    texts = predict_texts(model, params, inputs, vocab, batch_size=batch_size,
+                          max_decode_length=max_decode_length)
+  correct = [p.strip() == t.strip() for p, t in zip(texts, target_texts)]
+  return {'metrics': {'accuracy': 100.0 * float(np.mean(correct)) if correct else 0.0},
+          'predictions': texts, 'targets': list(target_texts)}

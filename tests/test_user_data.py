@@ -1,0 +1,126 @@
+"""Tuning on the user's own files: reading, errors that name file and line, one command."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+from jaxpt.data.user_files import DataError, label_list, read_examples
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / 'examples' / 'fruit_or_tool'
+
+
+def _write(path: pathlib.Path, text: str) -> str:
+  path.write_text(text, encoding='utf-8')
+  return str(path)
+
+
+def test_tsv_csv_and_jsonl_read_the_same_examples(tmp_path):
+  tsv = _write(tmp_path / 'a.tsv', 'premise\thypothesis\tlabel\nA cat.\tAn animal.\tyes\n'
+                                   'A car.\tA fruit.\tno\n')
+  csv = _write(tmp_path / 'a.csv', 'premise,hypothesis,label\n"A cat.","An animal.",yes\n'
+                                   '"A car.","A fruit.",no\n')
+  jsonl = _write(tmp_path / 'a.jsonl', '\n'.join(json.dumps(r) for r in [
+      {'premise': 'A cat.', 'hypothesis': 'An animal.', 'label': 'yes'},
+      {'premise': 'A car.', 'hypothesis': 'A fruit.', 'label': 'no'}]) + '\n\n')
+  template = 'premise: {premise} hypothesis: {hypothesis}'
+  got = [read_examples(p, input_template=template, target_field='label')
+         for p in (tsv, csv, jsonl)]
+  assert got[0] == got[1] == got[2] == [
+      {'inputs': 'premise: A cat. hypothesis: An animal.', 'targets': 'yes'},
+      {'inputs': 'premise: A car. hypothesis: A fruit.', 'targets': 'no'}]
+
+
+@pytest.mark.parametrize('name, text, where', [
+    ('bad.jsonl', '{"input": "a", "target": "b"}\n{"input": "a", "target"\n', 'bad.jsonl:2'),
+    ('bad.jsonl', '["a", "b"]\n', 'bad.jsonl:1'),
+    ('bad.tsv', 'input\ttarget\na\tb\nc\td\te\n', 'bad.tsv:3'),
+    ('bad.tsv', 'input\ttarget\na\tb\nc\n', 'bad.tsv:3'),
+    ('bad.csv', 'input,label\nx,y\n', 'bad.csv:2'),  # no 'target' column
+    ('bad.tsv', 'input\tinput\na\tb\n', 'bad.tsv:1'),
+    ('empty.tsv', '', 'empty.tsv: no examples'),
+    ('data.txt', 'a\tb\n', 'data.txt: unknown data file type'),
+])
+def test_malformed_files_name_the_file_and_line(tmp_path, name, text, where):
+  path = _write(tmp_path / name, text)
+  with pytest.raises(DataError, match=where.replace('.', r'\.')):
+    read_examples(path)
+
+
+def test_labels_must_cover_every_target(tmp_path):
+  examples = read_examples(_write(tmp_path / 'a.tsv', 'input\ttarget\nx\tyes\ny\tmaybe\n'))
+  assert label_list(examples, None, 'a.tsv') is None
+  with pytest.raises(DataError, match="example 2 has target 'maybe'"):
+    label_list(examples, ['yes', 'no'], 'a.tsv')
+
+
+def test_the_shipped_example_files_read():
+  train = read_examples(str(EXAMPLE / 'train.tsv'), input_field='sentence', target_field='label')
+  dev = read_examples(str(EXAMPLE / 'dev.tsv'), input_field='sentence', target_field='label')
+  assert (len(train), len(dev)) == (512, 128)
+  assert label_list(train, ['fruit', 'tool'], 'train.tsv') == ['fruit', 'tool']
+
+
+def _train(tmp_path, **overrides):
+  import gin
+
+  import jaxpt
+  from jaxpt.assets import mini_t5_path
+  from jaxpt.cli import runs
+  from jaxpt.methods import PromptTuning
+  from jaxpt.train.optim import make_optimizer
+
+  gin.clear_config()
+  kwargs = dict(
+      model_dir=str(tmp_path / 'run'), task_feature_lengths={'inputs': 32, 'targets': 4},
+      train_steps=2, batch_size=4, method=PromptTuning(length=4, initializer='class_labels'),
+      optimizer=make_optimizer('adamw', 0.3, weight_decay=0.0),
+      initial_checkpoint_path=mini_t5_path(), train_file=str(EXAMPLE / 'train.tsv'),
+      validation_file=str(EXAMPLE / 'dev.tsv'), input_field='sentence', target_field='label',
+      labels=['fruit', 'tool'], eval_every=2, eval_examples=8, checkpoint_every=2, log_every=1)
+  kwargs.update(overrides)
+  del jaxpt
+  return runs.train(**kwargs)
+
+
+def test_train_on_own_files_writes_prompt_and_metrics(tmp_path, capsys):
+  out = _train(tmp_path)
+  assert out['step'] == 2
+  run = tmp_path / 'run'
+  manifest = json.loads((run / 'prompt' / 'jaxpt_prompt.json').read_text())
+  # the class-label init read the run's labels
+  assert manifest['method']['hyperparameters']['class_labels'] == ['fruit', 'tool']
+  records = [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines()]
+  evals = [r for r in records if r['split'] == 'eval']
+  assert evals and 0.0 <= evals[-1]['accuracy'] <= 100.0
+  printed = capsys.readouterr().out
+  assert '512 training examples' in printed and '8 validation examples' in printed
+
+
+def test_train_refuses_both_or_neither_data_source(tmp_path):
+  with pytest.raises(ValueError, match='exactly one of MIXTURE_OR_TASK_NAME'):
+    _train(tmp_path, mixture_or_task_name='synthetic_two_class')
+  with pytest.raises(ValueError, match='exactly one of MIXTURE_OR_TASK_NAME'):
+    _train(tmp_path, train_file=None)
+
+
+def test_vocabulary_larger_than_the_embedding_is_refused_before_step_one(tmp_path):
+  from jaxpt.cli import runs
+  with pytest.raises(ValueError, match='tokenized for another backbone'):
+    runs._check_vocabulary(32100, 8192, 'jaxpt/assets/mini_t5')
+  runs._check_vocabulary(8100, 8192, 'jaxpt/assets/mini_t5')  # the mini vocabulary fits
+
+
+def test_backbone_vocabulary_prefers_the_backbones_own_model():
+  from jaxpt.assets import mini_t5_path
+  from jaxpt.vocabulary import backbone_vocabulary
+  vocab = backbone_vocabulary(mini_t5_path())
+  assert vocab.path == os.path.join(mini_t5_path(), 'spiece.model')
+  assert vocab.vocab_size == 8100
+  ids = vocab.encode('apple hammer')
+  assert vocab.decode(np.asarray(ids + [1, 0])) == 'apple hammer'
