@@ -23,6 +23,7 @@ import difflib
 import logging
 import os
 import pathlib
+import re
 from typing import List, Sequence, Set
 
 import gin
@@ -91,9 +92,28 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str],
       gin.parse_config_files_and_bindings(files, None, finalize_config=False)
   except (ValueError, KeyError, SyntaxError, ImportError) as e:
     raise ValueError(f'in gin files {files}: {e}') from e
+  macros = _macros()
   for binding in bindings:
+    name = binding.split('=', 1)[0].strip()
+    if _MACRO_NAME.fullmatch(name) and name not in macros:
+      close = difflib.get_close_matches(name, sorted(macros), n=2, cutoff=0.6)
+      hint = f'; did you mean {" or ".join(close)}?' if close else ''
+      raise ValueError(f'bad gin override --gin.{binding}: {name} is not a macro of these gin '
+                       f'files{hint}')
     try:
       gin.parse_config(binding)
     except (ValueError, KeyError, SyntaxError) as e:
       raise ValueError(f'bad gin override --gin.{binding}: {e}') from e
   return files
+
+
+_MACRO_NAME = re.compile(r'[A-Z][A-Z0-9_]*')
+
+
+def _macros() -> set:
+  """Names of the macros the parsed gin files define.
+
+  gin keeps a macro as the binding `MACRO/gin.macro.value`; it has no public
+  listing, so this reads its config table (`gin.config._CONFIG`).
+  """
+  return {scope for scope, selector in gin.config._CONFIG if selector == 'gin.macro'}
