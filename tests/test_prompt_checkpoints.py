@@ -75,12 +75,39 @@ def test_prompt_checkpoint_is_a_few_kb(model, tmp_path):
 
 def test_fingerprint_is_deterministic_and_layout_independent(model):
   fp = prompts.fingerprint(model.params)
-  assert fp.startswith('sha256:') and fp == prompts.fingerprint(model.params)
+  assert fp.startswith(prompts.FINGERPRINT_PREFIX) and fp == prompts.fingerprint(model.params)
   numpy_params = jax.tree.map(np.asarray, model.params)
   assert prompts.fingerprint(numpy_params) == fp
   assert prompts.fingerprint(stack_layers(model.params)) == fp
   other = init_params(model.config, jax.random.key(1))
   assert prompts.fingerprint(other) != fp
+
+
+def test_fingerprint_sees_every_value_and_matches_a_bfloat16_copy(model):
+  fp = prompts.fingerprint(model.params)
+  # a change far from row 0 (the old fingerprint sampled only x[0, ..., :64])
+  wi = np.array(model.params['decoder']['layers_1']['mlp']['wi_0']['kernel'])
+  wi[-1, -1] += 0.5
+  changed = jax.tree.map(lambda x: x, model.params)
+  changed['decoder']['layers_1']['mlp']['wi_0']['kernel'] = wi
+  assert prompts.fingerprint(changed) != fp
+  assert prompts._sampled_fingerprint(changed) == prompts._sampled_fingerprint(model.params)
+  # frozen weights kept in bfloat16 are the same backbone
+  assert prompts.fingerprint(jax.tree.map(lambda x: x.astype('bfloat16'), model.params)) == fp
+
+
+def test_prompts_with_the_previous_sampled_fingerprint_still_attach(model, tmp_path):
+  method = PromptTuning(length=5, initializer='uniform')
+  params = method.init(jax.random.key(1), _backbone(model))
+  prompts.save_prompt(tmp_path / 'p', method, params, model)
+  path = tmp_path / 'p' / prompts.MANIFEST
+  manifest = json.loads(path.read_text())
+  manifest['backbone']['fingerprint'] = prompts._sampled_fingerprint(model.params)
+  path.write_text(json.dumps(manifest))
+  prompts.load_prompt(tmp_path / 'p', model)
+  other = jaxpt.Model(model.config, init_params(model.config, jax.random.key(1)))
+  with pytest.raises(CheckpointError, match='fingerprint'):
+    prompts.load_prompt(tmp_path / 'p', other)
 
 
 def test_other_backbone_is_refused(model, tmp_path):

@@ -29,10 +29,12 @@ import json
 import os
 import re
 import tempfile
-from typing import Any, Dict, Mapping, Optional, Tuple
+import weakref
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 from flax import traverse_util
 
@@ -45,6 +47,7 @@ PARAMS_FILE = 'method_params.safetensors'
 FORMAT = 'jaxpt.prompt'
 VERSION = 1
 _FINGERPRINT_VALUES = 64
+FINGERPRINT_PREFIX = 'bf16-sha256:'
 _SCANNED = re.compile(r'(encoder|decoder)/layers/(.*)')
 
 
@@ -53,7 +56,7 @@ def is_prompt_directory(path: str) -> bool:
 
 
 def _leaf_sample(x: Any, index: Tuple[int, ...] = ()) -> np.ndarray:
-  """At most 64 values of `x[index]`: the start of its first row (no full gather)."""
+  """At most 64 values of `x[index]`: the start of its first row (legacy fingerprints)."""
   rest = len(x.shape) - len(index)
   if rest == 0:
     return np.asarray(x[index] if index else x).reshape(1)
@@ -61,22 +64,38 @@ def _leaf_sample(x: Any, index: Tuple[int, ...] = ()) -> np.ndarray:
   return np.asarray(x[idx]).reshape(-1)
 
 
-def fingerprint(params: Any) -> str:
-  """A cheap, deterministic hash of a backbone: 'sha256:' + 16 hex digits.
+def _host_values(x: Any) -> np.ndarray:
+  """`x` on this host, gathered from every process when it is a multi-host array."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
 
-  Hashes each leaf's path, shape and dtype and at most 64 values (the start of
-  the first row, `x[0, ..., 0, :64]`), so an 11B-parameter model costs a few
-  hundred tiny slices and never gathers a whole array to the host. Scanned
-  parameters (`encoder/layers/...` stacked on a leading axis) hash as their
-  per-layer form, so a model loaded with `scan_layers=True` matches its
-  unscanned self. Works for jax Arrays (sharded too) and numpy arrays.
 
-  Args:
-    params: the backbone's parameter pytree (nested dicts of arrays).
+# id(leaf) -> (weak reference, digest): a backbone is hashed once per process, not at every
+# prompt checkpoint of a run.
+_DIGESTS: Dict[Tuple[int, Tuple[int, ...]], Tuple[Any, bytes]] = {}
 
-  Returns:
-    A string such as 'sha256:1f0c9a3b2d4e5f60'.
-  """
+
+def _leaf_digest(x: Any, index: Tuple[int, ...]) -> bytes:
+  """sha256 of every value of `x[index]`, floats rounded to bfloat16."""
+  key = (id(x), index)
+  hit = _DIGESTS.get(key)
+  if hit is not None and hit[0]() is x:
+    return hit[1]
+  values = _host_values(x[index] if index else x)
+  if np.issubdtype(values.dtype, np.floating) or values.dtype == ml_dtypes.bfloat16:
+    values = values.astype(ml_dtypes.bfloat16)
+  digest = hashlib.sha256(np.ascontiguousarray(values).tobytes()).digest()
+  try:
+    _DIGESTS[key] = (weakref.ref(x, lambda _, key=key: _DIGESTS.pop(key, None)), digest)
+  except TypeError:  # not weak-referenceable: no cache
+    pass
+  return digest
+
+
+def _entries(params: Any) -> List[Tuple[str, Tuple[int, ...], Any, Tuple[int, ...]]]:
+  """(per-layer path, shape, leaf, index) of every parameter, scanned stacks split per layer."""
   flat = traverse_util.flatten_dict(params, sep='/') if isinstance(params, Mapping) else {
       jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(params)}
   entries = []
@@ -87,12 +106,47 @@ def fingerprint(params: Any) -> str:
         entries.append((f'{m[1]}/layers_{i}/{m[2]}', tuple(x.shape[1:]), x, (i,)))
     else:
       entries.append((path, tuple(x.shape), x, ()))
+  return sorted(entries, key=lambda e: (e[0], e[3]))
+
+
+def fingerprint(params: Any) -> str:
+  """A deterministic hash of every value of a backbone: 'bf16-sha256:' + 16 hex digits.
+
+  Hashes each leaf's path and shape and all of its values rounded to
+  bfloat16, so any change to a weight at bfloat16 precision changes it, while
+  a backbone and its bfloat16 copy (frozen weights kept in the compute dtype)
+  match. Scanned parameters (`encoder/layers/...` stacked on a leading axis)
+  hash as their per-layer form, so a model loaded with `scan_layers=True`
+  matches its unscanned self. Arrays are read one leaf (one layer) at a time;
+  a leaf's digest is cached while the array lives.
+
+  Args:
+    params: the backbone's parameter pytree (nested dicts of arrays).
+
+  Returns:
+    A string such as 'bf16-sha256:1f0c9a3b2d4e5f60'.
+  """
   digest = hashlib.sha256()
-  for path, shape, x, index in sorted(entries, key=lambda e: (e[0], e[3])):
-    sample = _leaf_sample(x, index)
+  for path, shape, x, index in _entries(params):
+    digest.update(f'{path}|{shape}|'.encode())
+    digest.update(_leaf_digest(x, index))
+  return FINGERPRINT_PREFIX + digest.hexdigest()[:16]
+
+
+def _sampled_fingerprint(params: Any) -> str:
+  """The fingerprint manifests written before `fingerprint` hashed every value (row 0)."""
+  digest = hashlib.sha256()
+  for path, shape, x, index in _entries(params):
     digest.update(f'{path}|{shape}|{np.dtype(x.dtype).name}|'.encode())
-    digest.update(np.ascontiguousarray(sample).tobytes())
+    digest.update(np.ascontiguousarray(_leaf_sample(x, index)).tobytes())
   return 'sha256:' + digest.hexdigest()[:16]
+
+
+def same_backbone(recorded: Optional[str], params: Any) -> Tuple[bool, str]:
+  """(whether `params` has the recorded fingerprint, its fingerprint in that scheme)."""
+  have = (_sampled_fingerprint(params) if recorded and recorded.startswith('sha256:')
+          else fingerprint(params))
+  return have == recorded, have
 
 
 def _json_metrics(metrics: Optional[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
@@ -263,8 +317,8 @@ def load_prompt(directory: str, model: Any = None) -> Tuple[Any, Dict[str, Any],
   method = _method_from_manifest(manifest, manifest_path)
   if model is not None:
     want = manifest['backbone'].get('fingerprint')
-    have = fingerprint(model.params)
-    if want != have:
+    same, have = same_backbone(want, model.params)
+    if not same:
       source = manifest['backbone'].get('source') or 'an unnamed backbone'
       raise CheckpointError(
           f'{manifest_path}: this prompt was trained on {source} (fingerprint {want}); the '
