@@ -86,6 +86,36 @@ def test_logits_match_transformers(saved):
   assert model.config.logits_via_embedding == (name == 't5_1_0')
 
 
+def _long_batch(vocab: int = hf_fixtures.VOCAB, enc_len: int = 72, dec_len: int = 68):
+  """64+ encoder and decoder tokens, padded rows on both sides.
+
+  T5's relative-position buckets of the causal decoder (32 buckets, 16 exact) and of the
+  bidirectional encoder (16 per direction, 8 exact) first differ at distance 9, and the
+  logarithmic buckets start at 8 / 16: `_batch`'s short rows never reach them.
+  """
+  rng = np.random.RandomState(1)
+  enc = rng.randint(2, vocab, (3, enc_len)).astype(np.int32)
+  enc[0, 65:] = 0
+  enc[1, 20:] = 0
+  dec = rng.randint(2, vocab, (3, dec_len)).astype(np.int32)
+  dec[:, 0] = 0
+  dec[1, 64:] = 0
+  dec[2, 30:] = 0
+  return enc, dec
+
+
+def test_long_sequences_match_transformers(saved):
+  """Logits at 64+ encoder and decoder positions, where every relative-position bucket of
+  both directions (and the decoder's causal bucketing) is in use."""
+  name, hf_model, _, model = saved
+  enc, dec = _long_batch()
+  assert (enc[0] != 0).sum() >= 64 and (dec[0] != 0).sum() >= 64
+  ref = _torch_logits(hf_model, enc, dec)
+  err = np.abs(model.logits(enc, dec) - ref).max()
+  print(f'{name}: max |logit error| {err:.2e} at {enc.shape[1]} x {dec.shape[1]} tokens')
+  assert err <= 1e-4
+
+
 def test_greedy_decoding_matches_generate(saved):
   _, hf_model, _, model = saved
   enc, _ = _batch()
