@@ -18,6 +18,7 @@ transformers = pytest.importorskip('transformers')
 import jaxpt  # noqa: E402
 from jaxpt.checkpoints import hf  # noqa: E402
 from tests import hf_fixtures  # noqa: E402
+from tests.tiny_configs import tiny_config  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -163,7 +164,7 @@ def test_round_trip_gives_identical_weights(saved, tmp_path):
 def test_jaxpt_model_exports_to_transformers(overrides, tmp_path):
   from jaxpt.models.t5 import init_params
   overrides = dict(overrides)
-  config = jaxpt.preset(overrides.pop('family'), 'tiny', vocab_size=50, **overrides)
+  config = tiny_config(overrides.pop('family'), vocab_size=50, **overrides)
   model = jaxpt.Model(config, init_params(config, jax.random.key(0)))
   jaxpt.save_hf(model, tmp_path / 'out')
   auto = (transformers.UMT5ForConditionalGeneration if config.per_layer_relpos_bias
@@ -177,7 +178,7 @@ def test_jaxpt_model_exports_to_transformers(overrides, tmp_path):
 
 def test_bf16_params_export_as_bf16(tmp_path):
   from jaxpt.models.t5 import init_params
-  config = jaxpt.preset('t5_1_1', 'tiny', vocab_size=50)
+  config = tiny_config(vocab_size=50)
   params = jax.tree.map(lambda x: x.astype(jax.numpy.bfloat16),
                         init_params(config, jax.random.key(1)))
   hf.write_hf_checkpoint(config, params, str(tmp_path))
@@ -389,7 +390,7 @@ def test_config_errors():
   with pytest.raises(jaxpt.CheckpointError, match=r"config.json: missing T5 config field 'd_ff'"):
     hf.config_from_hf({k: v for k, v in d.items() if k != 'd_ff'})
   with pytest.raises(jaxpt.CheckpointError, match='no HF feed_forward_proj'):
-    hf.config_to_hf(jaxpt.preset('t5_1_1', 'tiny', mlp_activations=('gelu', 'relu')))
+    hf.config_to_hf(tiny_config(mlp_activations=('gelu', 'relu')))
 
 
 # ----------------------------------------------------------------------------- errors

@@ -14,11 +14,11 @@ from jaxpt.checkpoints import prompts
 from jaxpt.checkpoints.training import TrainCheckpointer
 from jaxpt.data.synthetic import two_class_batch
 from jaxpt.methods import PROMPT_ONLY, Backbone, PromptTuning, partition
-from jaxpt.models.config import preset
 from jaxpt.models.t5 import init_params
 from jaxpt.train.loop import CHECKPOINT_DIR, METRICS_FILE, TrainingDiverged, train
 from jaxpt.train.optim import make_optimizer
 from jaxpt.train.step import init_state, make_train_step
+from tests.tiny_configs import DROPOUT_CONFIG, VOCAB
 
 BATCH = 4
 # One optimizer object for every run: the loop caches its compiled step per optimizer.
@@ -27,7 +27,7 @@ ADAFACTOR = make_optimizer('adafactor', 0.3)
 
 @pytest.fixture(scope='module')
 def setup():
-  config = preset('t5_1_1', 'tiny', vocab_size=64, dropout_rate=0.1)
+  config = DROPOUT_CONFIG
   backbone = init_params(config, jax.random.key(0))
   method = PromptTuning(length=5, initializer='sampled_vocab', population_size=64)
   method_params = method.init(jax.random.key(1),
@@ -37,7 +37,7 @@ def setup():
 
 def batches(position):
   """The batch at `position`, with explicit loss weights (so a test can poison them)."""
-  features, _ = two_class_batch(BATCH, seed=position, vocab_size=64, length=6)
+  features, _ = two_class_batch(BATCH, seed=position, vocab_size=VOCAB, length=6)
   weights = (features['decoder_target_tokens'] > 0).astype(np.float32)
   return dict(features, decoder_loss_weights=weights)
 
