@@ -27,3 +27,14 @@ def vocab_path(shared_data) -> pathlib.Path:
   if not path.is_file():
     pytest.skip(f'T5 SentencePiece vocabulary not found at {path}')
   return path
+
+
+@pytest.fixture(scope='module')
+def backbone():
+  """Random parameters (seed 0) of `tests.tiny_configs.CONFIG`, built once per module (the
+  tiny configurations themselves are constants in tests/tiny_configs.py)."""
+  import jax
+
+  from jaxpt.models.t5 import init_params
+  from tests.tiny_configs import CONFIG
+  return init_params(CONFIG, jax.random.key(0))

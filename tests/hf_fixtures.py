@@ -16,6 +16,14 @@ import transformers
 
 IDS = dict(decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, dropout_rate=0.0)
 VOCAB = 96
+# The shapes every transformers-side tiny model starts from (the builders below and the
+# parity tests' own models replace a few).
+TINY = dict(vocab_size=VOCAB, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4, **IDS)
+
+
+def t5_config(**overrides) -> transformers.T5Config:
+  """`transformers.T5Config` of the `TINY` shapes with `overrides` replaced."""
+  return transformers.T5Config(**{**TINY, **overrides})
 
 
 def _diversify(model: torch.nn.Module, tied: bool, directions: int = 3) -> torch.nn.Module:
@@ -37,35 +45,31 @@ def _diversify(model: torch.nn.Module, tied: bool, directions: int = 3) -> torch
 def t5_1_0(seed: int = 0) -> transformers.T5ForConditionalGeneration:
   """T5 1.0: ReLU MLP, tied and scaled logits."""
   torch.manual_seed(seed)
-  cfg = transformers.T5Config(vocab_size=VOCAB, d_model=16, d_kv=4, d_ff=32, num_layers=2,
-                              num_heads=4, feed_forward_proj='relu', **IDS)
+  cfg = t5_config(feed_forward_proj='relu')
   return _diversify(transformers.T5ForConditionalGeneration(cfg).eval(), tied=True)
 
 
 def t5_1_1_odd(seed: int = 0) -> transformers.T5ForConditionalGeneration:
   """T5 1.1: gated GELU, unscaled logits, heads x d_kv != d_model, 2 + 3 layers."""
   torch.manual_seed(seed)
-  cfg = transformers.T5Config(vocab_size=VOCAB, d_model=20, d_kv=7, d_ff=36, num_layers=2,
-                              num_decoder_layers=3, num_heads=3, feed_forward_proj='gated-gelu',
-                              tie_word_embeddings=False, **IDS)
+  cfg = t5_config(d_model=20, d_kv=7, d_ff=36, num_decoder_layers=3, num_heads=3,
+                  feed_forward_proj='gated-gelu', tie_word_embeddings=False)
   return _diversify(transformers.T5ForConditionalGeneration(cfg).eval(), tied=False)
 
 
 def mt5(seed: int = 0) -> transformers.MT5ForConditionalGeneration:
   """mT5: gated GELU, never scaled."""
   torch.manual_seed(seed)
-  cfg = transformers.MT5Config(vocab_size=VOCAB, d_model=16, d_kv=4, d_ff=24, num_layers=2,
-                               num_heads=4, feed_forward_proj='gated-gelu',
-                               tie_word_embeddings=False, **IDS)
+  cfg = transformers.MT5Config(**{**TINY, 'd_ff': 24, 'feed_forward_proj': 'gated-gelu',
+                                  'tie_word_embeddings': False})
   return _diversify(transformers.MT5ForConditionalGeneration(cfg).eval(), tied=False)
 
 
 def umt5(seed: int = 0) -> transformers.UMT5ForConditionalGeneration:
   """UMT5: a relative position bias in every layer's self-attention."""
   torch.manual_seed(seed)
-  cfg = transformers.UMT5Config(vocab_size=VOCAB, d_model=16, d_kv=4, d_ff=24, num_layers=2,
-                                num_heads=4, feed_forward_proj='gated-gelu',
-                                tie_word_embeddings=False, **IDS)
+  cfg = transformers.UMT5Config(**{**TINY, 'd_ff': 24, 'feed_forward_proj': 'gated-gelu',
+                                   'tie_word_embeddings': False})
   return _diversify(transformers.UMT5ForConditionalGeneration(cfg).eval(), tied=False)
 
 

@@ -10,13 +10,10 @@ import numpy as np
 from jaxpt.prompted.base import prompted_model
 from jaxpt.data.toy import two_class_batch
 from jaxpt.methods import PROMPT_ONLY, Backbone, combine, partition
-from jaxpt.models.config import preset
 from jaxpt.models.t5 import init_params
 from jaxpt.train.optim import make_optimizer
 from jaxpt.train.step import init_state, make_train_step
-
-LEARN_CONFIG = preset('t5_1_1', 'tiny', vocab_size=64, emb_dim=64, num_heads=4, head_dim=16,
-                      mlp_dim=128)
+from tests.tiny_configs import LEARN_CONFIG
 
 
 def learn(method, learning_rate: float, steps: int,

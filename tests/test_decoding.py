@@ -17,6 +17,7 @@ from jaxpt.prompted.decoding import beam_search, greedy_decode, sample_decode  #
 from jaxpt.prompted.scoring import rank_classify, score_targets  # noqa: E402
 from jaxpt.models import scan  # noqa: E402
 from jaxpt.models.t5 import T5  # noqa: E402
+from tests import hf_fixtures  # noqa: E402
 
 VOCAB = 64
 STEPS = 8
@@ -36,10 +37,8 @@ _rank = jax.jit(rank_classify, static_argnums=0, compiler_options=_FAST_COMPILE)
 def tiny(tmp_path_factory):
   """(torch model, jaxpt Model) of one random gated-GELU T5 that often emits EOS."""
   torch.manual_seed(0)
-  cfg = transformers.T5Config(vocab_size=VOCAB, d_model=16, d_kv=4, d_ff=32, num_layers=2,
-                              num_heads=4, feed_forward_proj='gated-gelu',
-                              tie_word_embeddings=False, dropout_rate=0.0,
-                              decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+  cfg = hf_fixtures.t5_config(vocab_size=VOCAB, feed_forward_proj='gated-gelu',
+                              tie_word_embeddings=False)
   hf_model = transformers.T5ForConditionalGeneration(cfg).eval()
   with torch.no_grad():  # random models predict padding forever; make EOS likely instead
     hf_model.lm_head.weight[0] *= 0.01

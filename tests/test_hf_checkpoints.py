@@ -18,6 +18,7 @@ transformers = pytest.importorskip('transformers')
 import jaxpt  # noqa: E402
 from jaxpt.checkpoints import hf  # noqa: E402
 from tests import hf_fixtures  # noqa: E402
+from tests.tiny_configs import tiny_config  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -86,6 +87,36 @@ def test_logits_match_transformers(saved):
   assert model.config.logits_via_embedding == (name == 't5_1_0')
 
 
+def _long_batch(vocab: int = hf_fixtures.VOCAB, enc_len: int = 72, dec_len: int = 68):
+  """64+ encoder and decoder tokens, padded rows on both sides.
+
+  T5's relative-position buckets of the causal decoder (32 buckets, 16 exact) and of the
+  bidirectional encoder (16 per direction, 8 exact) first differ at distance 9, and the
+  logarithmic buckets start at 8 / 16: `_batch`'s short rows never reach them.
+  """
+  rng = np.random.RandomState(1)
+  enc = rng.randint(2, vocab, (3, enc_len)).astype(np.int32)
+  enc[0, 65:] = 0
+  enc[1, 20:] = 0
+  dec = rng.randint(2, vocab, (3, dec_len)).astype(np.int32)
+  dec[:, 0] = 0
+  dec[1, 64:] = 0
+  dec[2, 30:] = 0
+  return enc, dec
+
+
+def test_long_sequences_match_transformers(saved):
+  """Logits at 64+ encoder and decoder positions, where every relative-position bucket of
+  both directions (and the decoder's causal bucketing) is in use."""
+  name, hf_model, _, model = saved
+  enc, dec = _long_batch()
+  assert (enc[0] != 0).sum() >= 64 and (dec[0] != 0).sum() >= 64
+  ref = _torch_logits(hf_model, enc, dec)
+  err = np.abs(model.logits(enc, dec) - ref).max()
+  print(f'{name}: max |logit error| {err:.2e} at {enc.shape[1]} x {dec.shape[1]} tokens')
+  assert err <= 1e-4
+
+
 def test_greedy_decoding_matches_generate(saved):
   _, hf_model, _, model = saved
   enc, _ = _batch()
@@ -133,7 +164,7 @@ def test_round_trip_gives_identical_weights(saved, tmp_path):
 def test_jaxpt_model_exports_to_transformers(overrides, tmp_path):
   from jaxpt.models.t5 import init_params
   overrides = dict(overrides)
-  config = jaxpt.preset(overrides.pop('family'), 'tiny', vocab_size=50, **overrides)
+  config = tiny_config(overrides.pop('family'), vocab_size=50, **overrides)
   model = jaxpt.Model(config, init_params(config, jax.random.key(0)))
   jaxpt.save_hf(model, tmp_path / 'out')
   auto = (transformers.UMT5ForConditionalGeneration if config.per_layer_relpos_bias
@@ -147,7 +178,7 @@ def test_jaxpt_model_exports_to_transformers(overrides, tmp_path):
 
 def test_bf16_params_export_as_bf16(tmp_path):
   from jaxpt.models.t5 import init_params
-  config = jaxpt.preset('t5_1_1', 'tiny', vocab_size=50)
+  config = tiny_config(vocab_size=50)
   params = jax.tree.map(lambda x: x.astype(jax.numpy.bfloat16),
                         init_params(config, jax.random.key(1)))
   hf.write_hf_checkpoint(config, params, str(tmp_path))
@@ -359,7 +390,7 @@ def test_config_errors():
   with pytest.raises(jaxpt.CheckpointError, match=r"config.json: missing T5 config field 'd_ff'"):
     hf.config_from_hf({k: v for k, v in d.items() if k != 'd_ff'})
   with pytest.raises(jaxpt.CheckpointError, match='no HF feed_forward_proj'):
-    hf.config_to_hf(jaxpt.preset('t5_1_1', 'tiny', mlp_activations=('gelu', 'relu')))
+    hf.config_to_hf(tiny_config(mlp_activations=('gelu', 'relu')))
 
 
 # ----------------------------------------------------------------------------- errors

@@ -12,21 +12,14 @@ import jaxpt
 from jaxpt.methods import (EVERYTHING, PROMPT_ONLY, Backbone, ModelTuning, PrefixTuning,
                            PromptTuning, combine, partition)
 from jaxpt.methods.prompt import truncate_for_prompt
-from jaxpt.models.config import preset
 from jaxpt.models.t5 import init_params
 from jaxpt.train.optim import make_optimizer
 from jaxpt.train.step import init_state, make_train_step
 from tests.synthetic_learning import learn
-
-CONFIG = preset('t5_1_1', 'tiny', vocab_size=64)
-
-
-@pytest.fixture(scope='module')
-def backbone():
-  return init_params(CONFIG, jax.random.key(0))
+from tests.tiny_configs import BIG_VOCAB_CONFIG, CONFIG, VOCAB
 
 
-def _batch(n=4, enc_len=9, seed=0, vocab=64):
+def _batch(n=4, enc_len=9, seed=0, vocab=VOCAB):
   rng = np.random.RandomState(seed)
   enc = rng.randint(3, vocab, (n, enc_len)).astype(np.int32)
   enc[0, 6:] = 0
@@ -187,12 +180,11 @@ def test_frozen_leaves_stay_bitwise_identical(backbone):
 
 def test_compiled_step_has_no_frozen_gradient_buffers():
   """XLA's memory analysis: prompt tuning's temporaries are far below the frozen weights."""
-  config = preset('t5_1_1', 'tiny', vocab_size=4096, emb_dim=64, num_heads=4, head_dim=16,
-                  mlp_dim=256)
+  config = BIG_VOCAB_CONFIG
   backbone = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
   backbone = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), backbone)
   frozen_bytes = sum(x.nbytes for x in jax.tree.leaves(backbone))
-  batch = _batch(n=2, enc_len=8, vocab=4096)
+  batch = _batch(n=2, enc_len=8, vocab=config.vocab_size)
   method = PromptTuning(length=4, initializer='uniform')
   params = {'backbone': backbone,
             'method': method.init(jax.random.key(0), Backbone(config, None))}

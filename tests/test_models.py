@@ -12,6 +12,7 @@ from jaxpt.models.attention import relative_position_bucket
 from jaxpt.models.config import T5Config, preset, preset_names
 from jaxpt.models.scan import stack_layers, unstack_layers
 from jaxpt.models.t5 import T5, abstract_params, init_params, logical_axes
+from tests.tiny_configs import DEEP_DECODER_CONFIG, PER_LAYER_BIAS_CONFIG
 
 
 def _batch(vocab, seed=0):
@@ -39,8 +40,7 @@ def test_relative_position_bucket_matches_transformers(bidirectional, num_bucket
 
 @pytest.fixture(scope='module')
 def tiny():
-  config = preset('t5_1_1', 'tiny', vocab_size=50, num_decoder_layers=3)
-  return config, init_params(config, jax.random.key(0))
+  return DEEP_DECODER_CONFIG, init_params(DEEP_DECODER_CONFIG, jax.random.key(0))
 
 
 @pytest.mark.parametrize('policy', ['none', 'full', 'minimal'])
@@ -122,8 +122,7 @@ def test_dropout_is_active_only_in_training(tiny):
 
 
 def test_per_layer_position_bias_parameters():
-  cfg = preset('t5_1_1', 'tiny', vocab_size=40, per_layer_relpos_bias=True)
-  shapes = abstract_params(cfg)
+  shapes = abstract_params(PER_LAYER_BIAS_CONFIG)
   assert 'relpos_bias' not in shapes['encoder']
   assert shapes['encoder']['layers_1']['relpos_bias']['rel_embedding'].shape == (4, 32)
   assert shapes['decoder']['layers_0']['relpos_bias']['rel_embedding'].shape == (4, 32)

@@ -13,22 +13,15 @@ from jaxpt.data.toy import multi_task_batch
 from jaxpt.checkpoints.peft import export_peft, import_peft
 from jaxpt.methods import Backbone, MultitaskPromptTuning, PromptTuning
 from jaxpt.methods.multitask import stack_teachers
-from jaxpt.models.config import preset
 from jaxpt.models.t5 import init_params
 from jaxpt.train.distill import Distillation, distillation_loss as eager_distillation_loss
 from jaxpt.train.loop import train
 from jaxpt.train.optim import make_optimizer
-
-CONFIG = preset('t5_1_1', 'tiny', vocab_size=64)
+from tests.tiny_configs import CONFIG, LEARN_CONFIG
 
 
 # Jitted: one compile per method and shape is much cheaper than op-by-op dispatch.
 distillation_loss = jax.jit(eager_distillation_loss, static_argnums=(0, 1))
-
-
-@pytest.fixture(scope='module')
-def backbone():
-  return init_params(CONFIG, jax.random.key(0))
 
 
 def _bb(params, config=CONFIG):
@@ -205,8 +198,6 @@ def test_teachers_stay_frozen_and_mismatched_arguments_fail(backbone):
 # ------------------------------------------------------------------------------- learning
 
 
-LEARN_CONFIG = preset('t5_1_1', 'tiny', vocab_size=64, emb_dim=64, num_heads=4, head_dim=16,
-                      mlp_dim=128)
 SOURCES, TARGET, NUM_TASKS = (0, 1, 2), 3, 4
 
 

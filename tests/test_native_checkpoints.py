@@ -10,14 +10,13 @@ import pytest
 
 import jaxpt
 from jaxpt.checkpoints.load import detect_format
-from jaxpt.models.config import preset
 from jaxpt.models.t5 import init_params
+from tests.tiny_configs import NATIVE_CONFIG
 
 
 @pytest.fixture(scope='module')
 def model():
-  config = preset('t5_1_1', 'tiny', vocab_size=40, num_decoder_layers=3)
-  return jaxpt.Model(config, init_params(config, jax.random.key(3)), source='test')
+  return jaxpt.Model(NATIVE_CONFIG, init_params(NATIVE_CONFIG, jax.random.key(3)), source='test')
 
 
 def _leaves_equal(a, b):

@@ -25,6 +25,7 @@ from jaxpt import partitioning as pt
 from jaxpt.checkpoints.load import read_backbone_sharded
 from jaxpt.prompted.base import prompted_model
 from jaxpt.train.sharding import ShardedStep, train_shardings
+from tests.tiny_configs import SHARDABLE_CONFIG, VOCAB
 
 HERE = pathlib.Path(__file__).resolve()
 REPO = HERE.parents[1]
@@ -46,14 +47,14 @@ EXPECTED_SPECS = {
 
 
 def tiny_config(**overrides: Any) -> jaxpt.T5Config:
-  """Heads, MLP, joined kv and vocabulary all divisible by 8."""
-  return jaxpt.preset('t5_1_1', 'tiny', vocab_size=64, num_heads=8, head_dim=4, mlp_dim=32,
-                      emb_dim=16, **overrides)
+  """Heads, MLP, joined kv and vocabulary all divisible by 8 (tests.tiny_configs)."""
+  return SHARDABLE_CONFIG.replace(**overrides)
 
 
 def _child(scenario: str, tmp: pathlib.Path) -> Dict[str, Any]:
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-             JAX_PLATFORMS='cpu')
+             JAX_PLATFORMS='cpu',  # and `tests` importable from the script
+             PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''))
   out = subprocess.run([sys.executable, str(HERE), scenario, str(tmp)], env=env, cwd=REPO,
                        capture_output=True, text=True, timeout=1200)
   assert out.returncode == 0, f'{scenario} failed:\n{out.stdout[-3000:]}\n{out.stderr[-6000:]}'
@@ -274,9 +275,9 @@ def test_plan_command(tmp_path):
 
 def _batch(n: int = 8):
   rng = np.random.RandomState(0)
-  return {'encoder_input_tokens': rng.randint(2, 64, (n, 12)).astype(np.int32),
-          'decoder_input_tokens': rng.randint(2, 64, (n, 5)).astype(np.int32),
-          'decoder_target_tokens': rng.randint(2, 64, (n, 5)).astype(np.int32)}
+  return {'encoder_input_tokens': rng.randint(2, VOCAB, (n, 12)).astype(np.int32),
+          'decoder_input_tokens': rng.randint(2, VOCAB, (n, 5)).astype(np.int32),
+          'decoder_target_tokens': rng.randint(2, VOCAB, (n, 5)).astype(np.int32)}
 
 
 def _setup(config, method, rules):

@@ -24,6 +24,8 @@ from jaxpt.methods.ptuning import encode_prompt  # noqa: E402
 from jaxpt.prompted.loss import loss_and_metrics  # noqa: E402
 from jaxpt.train.optim import make_optimizer  # noqa: E402
 from jaxpt.train.step import init_state, make_train_step  # noqa: E402
+from tests import hf_fixtures  # noqa: E402
+from tests.tiny_configs import tiny_config  # noqa: E402
 
 VOCAB = 64
 P = 4
@@ -32,10 +34,8 @@ TOL = 1e-4
 
 def _hf_t5(d_kv: int, seed: int = 0):
   torch.manual_seed(seed)
-  cfg = transformers.T5Config(vocab_size=VOCAB, d_model=16, d_kv=d_kv, d_ff=32, num_layers=2,
-                              num_heads=4, feed_forward_proj='gated-gelu',
-                              tie_word_embeddings=False, dropout_rate=0.0,
-                              decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+  cfg = hf_fixtures.t5_config(vocab_size=VOCAB, d_kv=d_kv, feed_forward_proj='gated-gelu',
+                              tie_word_embeddings=False)
   model = transformers.T5ForConditionalGeneration(cfg).eval()
   with torch.no_grad():  # spread the random init so prompt effects show in the logits
     for p in model.parameters():
@@ -237,8 +237,7 @@ def test_prompt_encoders_match_peft(encoder):
   assert _err(ours, ref, f'{encoder} encoder, peft weights') <= 1e-5
   # jaxpt's own init: the same tensors, shape for shape; loaded into peft, the same outputs.
   method = PTuning(length=P, encoder=encoder.lower(), hidden_dim=12, num_transformer_submodules=2)
-  params = method.init(jax.random.key(0), Backbone(jaxpt.preset('t5_1_1', 'tiny', emb_dim=16),
-                                                   None))
+  params = method.init(jax.random.key(0), Backbone(tiny_config(emb_dim=16), None))
   state = {k: torch.tensor(v) for k, v in prompt_encoder_to_peft(params).items()}
   other = PromptEncoder(cfg).eval()
   other.load_state_dict(state, strict=True)

@@ -13,15 +13,14 @@ import jaxpt
 from jaxpt.checkpoints import prompts
 from jaxpt.checkpoints.errors import CheckpointError
 from jaxpt.methods import Backbone, PrefixTuning, PromptTuning
-from jaxpt.models.config import preset
 from jaxpt.models.scan import stack_layers
 from jaxpt.models.t5 import init_params
+from tests.tiny_configs import CONFIG
 
 
 @pytest.fixture(scope='module')
-def model():
-  config = preset('t5_1_1', 'tiny', vocab_size=64)
-  return jaxpt.Model(config, init_params(config, jax.random.key(0)), source='tiny-seed-0')
+def model(backbone):
+  return jaxpt.Model(CONFIG, backbone, source='tiny-seed-0')
 
 
 def _backbone(model):

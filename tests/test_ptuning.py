@@ -14,22 +14,16 @@ import jaxpt
 from jaxpt.methods import (Backbone, ModelTuning, PrefixTuning, PTuning, Template,
                            deep_prompt_tuning)
 from jaxpt.methods.ptuning import bidirectional_lstm, encode_prompt
-from jaxpt.models.config import preset
-from jaxpt.models.t5 import T5, PlacedPrompt, init_params
+from jaxpt.models.t5 import T5, PlacedPrompt
 from tests.synthetic_learning import learn
+from tests.tiny_configs import CONFIG, VOCAB
 
-CONFIG = preset('t5_1_1', 'tiny', vocab_size=64)
 D = CONFIG.emb_dim
-
-
-@pytest.fixture(scope='module')
-def backbone():
-  return init_params(CONFIG, jax.random.key(0))
 
 
 def _targets(n, seed=0):
   rng = np.random.RandomState(seed)
-  tgt = rng.randint(3, 64, (n, 3)).astype(np.int32)
+  tgt = rng.randint(3, VOCAB, (n, 3)).astype(np.int32)
   tgt[:, -1] = 1
   dec = np.concatenate([np.zeros((n, 1), np.int32), tgt[:, :-1]], axis=1)
   return dict(decoder_input_tokens=dec, decoder_target_tokens=tgt)

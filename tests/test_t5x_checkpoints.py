@@ -21,11 +21,10 @@ def _hf_reference(target):
   """The checkpoint's raw arrays mapped into transformers' PyTorch T5 by this test alone."""
   torch = pytest.importorskip('torch')
   transformers = pytest.importorskip('transformers')
-  cfg = transformers.T5Config(vocab_size=32128, d_model=8, d_kv=3, d_ff=16, num_layers=2,
-                              num_heads=4, feed_forward_proj='gated-gelu',
-                              tie_word_embeddings=False, relative_attention_num_buckets=32,
-                              dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0,
-                              eos_token_id=1)
+  from tests import hf_fixtures
+  cfg = hf_fixtures.t5_config(vocab_size=32128, d_model=8, d_kv=3, d_ff=16,
+                              feed_forward_proj='gated-gelu', tie_word_embeddings=False,
+                              relative_attention_num_buckets=32)
   model = transformers.T5ForConditionalGeneration(cfg).eval()
   t = lambda x: torch.tensor(np.asarray(x, np.float32))
   sd = {'shared.weight': t(target['token_embedder']['embedding'])}

@@ -14,12 +14,12 @@ from jaxpt.prompted.base import prompted_model
 from jaxpt.checkpoints import prompts
 from jaxpt.checkpoints.training import TrainCheckpointer
 from jaxpt.data.toy import two_class_batch
-from jaxpt.methods import Backbone, PromptTuning
-from jaxpt.models.config import preset
+from jaxpt.methods import PROMPT_ONLY, Backbone, PromptTuning, partition
 from jaxpt.models.t5 import init_params
 from jaxpt.train.loop import CHECKPOINT_DIR, METRICS_FILE, TrainingDiverged, train
 from jaxpt.train.optim import make_optimizer
-from jaxpt.train.step import init_state
+from jaxpt.train.step import init_state, make_train_step
+from tests.tiny_configs import DROPOUT_CONFIG, VOCAB
 
 BATCH = 4
 # One optimizer object for every run: the loop caches its compiled step per optimizer.
@@ -28,7 +28,7 @@ ADAFACTOR = make_optimizer('adafactor', 0.3)
 
 @pytest.fixture(scope='module')
 def setup():
-  config = preset('t5_1_1', 'tiny', vocab_size=64, dropout_rate=0.1)
+  config = DROPOUT_CONFIG
   backbone = init_params(config, jax.random.key(0))
   method = PromptTuning(length=5, initializer='sampled_vocab', population_size=64)
   method_params = method.init(jax.random.key(1),
@@ -38,7 +38,7 @@ def setup():
 
 def batches(position):
   """The batch at `position`, with explicit loss weights (so a test can poison them)."""
-  features, _ = two_class_batch(BATCH, seed=position, vocab_size=64, length=6)
+  features, _ = two_class_batch(BATCH, seed=position, vocab_size=VOCAB, length=6)
   weights = (features['decoder_target_tokens'] > 0).astype(np.float32)
   return dict(features, decoder_loss_weights=weights)
 
@@ -150,6 +150,67 @@ def test_nan_stops_training_and_keeps_last_good_checkpoint(setup, tmp_path):
     restored = ckpt.restore(like=like)
   assert restored.data_position == 4 and int(restored.state.step) == 4
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored.state))
+
+
+def _adam_leaves(opt_state):
+  """Adam's (count, mu, nu) states inside an optax chain."""
+  found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(
+      x, optax.ScaleByAdamState)) if isinstance(s, optax.ScaleByAdamState)]
+  assert len(found) == 1, opt_state
+  return found[0]
+
+
+@pytest.fixture(scope='module')
+def adam_step(setup):
+  """(jitted Adam train step, initial state, frozen), compiled once for the module."""
+  config, backbone, method, method_params = setup
+  trainable, frozen = partition({'backbone': backbone, 'method': method_params}, PROMPT_ONLY)
+  optimizer = optax.adam(1e-2)
+  step = jax.jit(make_train_step(prompted_model(config, method), optimizer),
+                 compiler_options={'xla_backend_optimization_level': 0})  # compiles 4x faster
+  return step, init_state(trainable, optimizer), frozen
+
+
+@pytest.mark.parametrize('poison', ['loss_weights', 'frozen_weight'])
+def test_non_finite_step_keeps_the_old_state(adam_step, poison):
+  """A step whose loss is NaN returns `trainable`, `opt_state` (Adam's mu, nu and count) and
+  `step` bitwise unchanged and reports finite False; the next good step is the one it would
+  have been without the NaN batch."""
+  step, initial, frozen = adam_step
+  rng = jax.random.key(7)
+  state, metrics = step(initial, frozen, batches(0), rng)
+  assert bool(metrics['finite']) and int(state.step) == 1  # mu and nu are non-zero now
+  before = jax.tree.map(np.array, state)
+
+  bad_batch, bad_frozen = batches(1), frozen
+  if poison == 'loss_weights':
+    bad_batch['decoder_loss_weights'] = np.full_like(bad_batch['decoder_loss_weights'], np.nan)
+  else:
+    scale = np.array(frozen['backbone']['decoder']['decoder_norm']['scale'])
+    scale[0] = np.nan
+    bad_frozen = jax.tree.map(lambda x: x, frozen)
+    bad_frozen['backbone']['decoder']['decoder_norm']['scale'] = scale
+  after, metrics = step(state, bad_frozen, bad_batch, rng)
+  assert not bool(metrics['finite']) and not np.isfinite(float(metrics['loss']))
+
+  assert int(after.step) == int(before.step) == 1
+  _assert_bitwise(after.trainable, before.trainable)
+  _assert_bitwise(after.opt_state, before.opt_state)
+  for x, y in zip(jax.tree.leaves(after), jax.tree.leaves(before)):
+    assert np.array_equal(np.asarray(x), y)
+  adam, adam_before = _adam_leaves(after.opt_state), _adam_leaves(before.opt_state)
+  assert int(adam.count) == int(adam_before.count) == 1
+  for name in ('mu', 'nu'):
+    leaves = jax.tree.leaves(getattr(adam, name))
+    assert leaves and all(np.isfinite(np.asarray(x)).all() for x in leaves)
+    for x, y in zip(leaves, jax.tree.leaves(getattr(adam_before, name))):
+      assert np.array_equal(np.asarray(x), y)
+
+  # The skipped step changed nothing: the next good batch gives the state it gives without it.
+  resumed, _ = step(after, frozen, batches(2), rng)
+  straight, _ = step(state, frozen, batches(2), rng)
+  assert int(resumed.step) == 2
+  _assert_bitwise(resumed, straight)
 
 
 def test_corrupt_checkpoint_raises_checkpoint_error(setup, tmp_path):

@@ -15,19 +15,18 @@ from jaxpt.cli.main import main
 from jaxpt.data.toy import multi_task_batch
 from jaxpt.methods import Backbone, MultitaskPromptTuning, PrefixTuning, PromptTuning
 from jaxpt.checkpoints import transfer
-from jaxpt.models.config import preset
 from jaxpt.models.t5 import init_params
 from jaxpt.train.loop import train
 from jaxpt.prompted.loss import loss_and_metrics
 from jaxpt.train.optim import make_optimizer
+from tests.tiny_configs import CONFIG, GIN_TINY_CONFIG, LEARN_CONFIG
 
-CONFIG = preset('t5_1_1', 'tiny', vocab_size=64)
 D = 8
 
 
 @pytest.fixture(scope='module')
-def model():
-  return jaxpt.Model(CONFIG, init_params(CONFIG, jax.random.key(0)), source='tiny A')
+def model(backbone):
+  return jaxpt.Model(CONFIG, backbone, source='tiny A')
 
 
 def _prompt(seed, length=6, dim=D):
@@ -201,8 +200,7 @@ def test_source_prompts_from_multi_task_checkpoints_and_bad_sources(model, tmp_p
 
 @pytest.mark.slow
 def test_spot_transfer_learns_a_related_synthetic_task():
-  config = preset('t5_1_1', 'tiny', vocab_size=64, emb_dim=64, num_heads=4, head_dim=16,
-                  mlp_dim=128)
+  config = LEARN_CONFIG
   backbone = init_params(config, jax.random.key(0))
   bb = Backbone(config, backbone['token_embedder']['embedding'])
   common = dict(optimizer=make_optimizer('adamw', 0.03, weight_decay=0.0),
@@ -237,7 +235,7 @@ def test_jaxpt_train_starts_from_a_source_prompt_through_gin(tmp_path, capsys):
   (methods/multitask_prompt_tuning.gin) on the tiny random backbone; a zero learning rate
   makes the saved prompt the start itself."""
   pytest.importorskip('seqio')
-  config = preset('t5_1_1', 'tiny')  # models/t5_1_1/tiny.gin's random backbone (seed 0)
+  config = GIN_TINY_CONFIG  # models/t5_1_1/tiny.gin's random backbone (seed 0)
   backbone = jaxpt.Model(config, init_params(config, jax.random.key(0)))
   source = _prompt(5, length=4)
   _save(tmp_path / 'source', source, backbone)
