@@ -124,3 +124,48 @@ def test_backbone_vocabulary_prefers_the_backbones_own_model():
   assert vocab.vocab_size == 8100
   ids = vocab.encode('apple hammer')
   assert vocab.decode(np.asarray(ids + [1, 0])) == 'apple hammer'
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'batch_size': 0}, 'BATCH_SIZE must be an integer >= 1, got 0'),
+    ({'batch_size': -4}, 'BATCH_SIZE must be an integer >= 1, got -4'),
+    ({'train_steps': -1}, 'TRAIN_STEPS must be an integer >= 0, got -1'),
+])
+def test_bad_sizes_are_one_line_errors_before_any_work(tmp_path, overrides, message):
+  with pytest.raises(ValueError, match=message):
+    _train(tmp_path, **overrides)
+  assert not (tmp_path / 'run').exists()
+
+
+def test_cli_names_the_bad_line_and_exits_2(tmp_path):
+  import subprocess
+  import sys
+  bad = _write(tmp_path / 'bad.tsv', 'sentence\tlabel\nan apple\tfruit\na saw\n')
+  out = subprocess.run(
+      [sys.executable, '-m', 'jaxpt', 'train', '--gin_file=models/mini_t5/mini.gin',
+       '--gin_file=methods/prompt_tuning.gin', '--gin_file=runs/train.gin',
+       f"--gin.MODEL_DIR='{tmp_path / 'run'}'", f"--gin.TRAIN_FILE='{bad}'",
+       "--gin.INPUT_FIELD='sentence'", "--gin.TARGET_FIELD='label'"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 2, out.stderr[-2000:]
+  lines = [line for line in out.stderr.splitlines() if 'error' in line]
+  assert len(lines) == 1 and 'bad.tsv:3: 1 columns, the header has 2' in lines[0], out.stderr
+
+
+def test_missing_tensorflow_does_not_stop_a_run(tmp_path, monkeypatch, capsys):
+  import builtins
+  real_import = builtins.__import__
+
+  def no_tensorflow(name, *args, **kwargs):
+    if name == 'tensorflow' or name.startswith('tensorflow.'):
+      raise ImportError('No module named tensorflow')
+    return real_import(name, *args, **kwargs)
+
+  from jaxpt.cli import runs
+  monkeypatch.setattr(runs, '_TENSORBOARD_WARNED', [])
+  monkeypatch.setattr(builtins, '__import__', no_tensorflow)
+  out = _train(tmp_path)
+  assert out['step'] == 2
+  printed = capsys.readouterr().out
+  assert printed.count('WARNING: no TensorBoard events') == 1
+  assert (tmp_path / 'run' / 'metrics.jsonl').read_text().count('"split": "train"') == 2

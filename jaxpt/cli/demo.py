@@ -77,7 +77,7 @@ def load_task(task: str = 'auto') -> Tuple[str, List[Dict[str, Any]], List[Dict[
               '' if task == 'synthetic' else ' (no SST-2 files found: set JAXPT_DATA_DIR)'))
 
 
-def run(seed: int = 0, steps: int = 300, out_dir: str = os.path.join('runs', 'demo'),
+def run(seed: int = 0, steps: int = 300, out_dir: Optional[str] = None,
         batch_size: int = 32, backbone_dir: Optional[str] = None, task: str = 'synthetic',
         learning_rate: float = 0.3) -> float:
   """Runs the main job on the mini backbone (or `backbone_dir`, a jaxpt model directory
@@ -85,6 +85,8 @@ def run(seed: int = 0, steps: int = 300, out_dir: str = os.path.join('runs', 'de
   import tasks
 
   start = time.perf_counter()
+  # Each task keeps its own output directory: `--task sst2` never overwrites the default's.
+  out_dir = out_dir or os.path.join('runs', 'demo' if task == 'synthetic' else f'demo_{task}')
   task_name, train, evaluation, what = load_task(task)
   print(f'jaxpt demo: prompt tuning a frozen T5 on {what}, offline.')
   backbone_dir = backbone_dir or mini_t5_path()

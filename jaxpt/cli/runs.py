@@ -89,12 +89,26 @@ def _task_setup(task_name: str, feature_lengths: Mapping[str, int], prompt_lengt
   return task, lengths
 
 
-def _tensorboard_writer(directory: str):
-  import tensorflow as tf
-  return tf.summary.create_file_writer(directory)
+_TENSORBOARD_WARNED = []
 
 
-def _write_scalars(writer: Any, step: int, values: Mapping[str, Any]) -> None:
+def _tensorboard_writer(directory: str) -> Optional[Any]:
+  """A TensorBoard event writer, or None (one warning) when TensorFlow cannot write events:
+  metrics.jsonl holds every record either way, so logging never stops a run."""
+  try:
+    import tensorflow as tf
+    return tf.summary.create_file_writer(directory)
+  except Exception as e:  # ImportError, or TensorFlow failing to start
+    if not _TENSORBOARD_WARNED:
+      _TENSORBOARD_WARNED.append(True)
+      print(f'WARNING: no TensorBoard events ({type(e).__name__}: {e}); metrics.jsonl has '
+            f'every record', flush=True)
+    return None
+
+
+def _write_scalars(writer: Optional[Any], step: int, values: Mapping[str, Any]) -> None:
+  if writer is None:
+    return
   import tensorflow as tf
   with writer.as_default():
     for key, value in values.items():
@@ -217,6 +231,9 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: Optional[str] 
   from jaxpt.train.loop import train as train_loop
 
   _check_placement(method)
+  for name, value, low in (('BATCH_SIZE', batch_size, 1), ('TRAIN_STEPS', train_steps, 0)):
+    if not isinstance(value, int) or value < low:
+      raise ValueError(f'{name} must be an integer >= {low}, got {value!r}')
   if bool(mixture_or_task_name) == bool(train_file):
     raise ValueError('set exactly one of MIXTURE_OR_TASK_NAME (a SeqIO task) and TRAIN_FILE '
                      '(your own TSV / CSV / JSONL file)')
