@@ -100,6 +100,9 @@ def test_train_on_own_files_writes_prompt_and_metrics(tmp_path, capsys):
   assert evals and 0.0 <= evals[-1]['accuracy'] <= 100.0
   printed = capsys.readouterr().out
   assert '512 training examples' in printed and '8 validation examples' in printed
+  # the start and end summaries
+  assert 'method: prompt_tuning; trainable: 512 parameters' in printed  # 4 x d_model 128
+  assert 'wrote checkpoints, prompt, metrics.jsonl' in printed
 
 
 def test_train_refuses_both_or_neither_data_source(tmp_path):

@@ -25,7 +25,7 @@ from jaxpt.data.features import pad_rows
 from jaxpt.evaluate.splits import predict_texts, score_examples, score_split
 from jaxpt.methods import PROMPT_ONLY, Backbone, partition
 from jaxpt.methods.prompt import PromptInit
-from jaxpt.models.config import T5Config
+from jaxpt.models.config import T5Config, find_preset
 from jaxpt.models.t5 import init_params
 from jaxpt.prompted.base import prompted_model
 from jaxpt.vocabulary import EOS_ID, backbone_vocabulary
@@ -271,6 +271,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: Optional[str] 
       writers[split] = _tensorboard_writer(os.path.join(model_dir, split))
     _write_scalars(writers[split], int(record['step']), record)
 
+  _say_start(model, method, method_params, trainable_rules, model_dir)
   result = train_loop(
       prompted, model.params, method_params, batches, optimizer=optimizer,
       num_steps=train_steps, rng=jax.random.key(seed + 2), trainable_rules=trainable_rules,
@@ -284,8 +285,39 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: Optional[str] 
     jaxpt.save_model(jaxpt.Model(model.config, result.params['backbone'],
                                  source=f'{model_dir} step {result.step}'),
                      os.path.join(model_dir, TUNED_MODEL_DIR))
-  print(f'trained {result.step} steps; checkpoints and prompts in {model_dir}', flush=True)
+  _say_end(model_dir, result)
   return {'step': result.step, 'model_dir': model_dir}
+
+
+def _say_start(model: Any, method: Any, method_params: Any, trainable_rules: Sequence[str],
+               model_dir: str) -> None:
+  """What the run is about to do: backbone, method, trainable share, outputs."""
+  known = find_preset(model.config)
+  total = model.num_params()
+  trainable = partition({'backbone': model.params, 'method': method_params},
+                        trainable_rules)[0]
+  count = int(sum(np.size(x) for x in jax.tree.leaves(trainable)))
+  share = count / max(total + sum(np.size(x) for x in jax.tree.leaves(method_params)), 1)
+  print(f'backbone: {model.source} ({"/".join(known) if known else "custom T5"}, '
+        f'{total:,} parameters)', flush=True)
+  print(f'method: {method.name}; trainable: {count:,} parameters ({100 * share:.3g}% of the '
+        f'model); outputs: {model_dir}', flush=True)
+
+
+def _say_end(model_dir: str, result: Any) -> None:
+  """The files the run wrote and its last metrics."""
+  names = ['checkpoints', 'prompt', 'prompt_best', TUNED_MODEL_DIR, 'metrics.jsonl', 'train',
+           'eval', OPERATIVE_CONFIG_FILE]
+  written = [n for n in names if os.path.exists(os.path.join(model_dir, n))]
+  last = {}
+  for record in result.history:
+    last[record.get('split', 'train')] = record
+  shown = '; '.join(f'{split} ' + ', '.join(f'{k} {v:.4g}' for k, v in sorted(r.items())
+                                            if k in ('loss', 'accuracy', 'token_accuracy')
+                                            and isinstance(v, float))
+                    for split, r in sorted(last.items()))
+  print(f'trained {result.step} steps; wrote {", ".join(written)} in {model_dir}'
+        + (f'; last {shown}' if shown else ''), flush=True)
 
 
 def _load_tuned(model_dir: str, initial_checkpoint_path: Optional[str],
