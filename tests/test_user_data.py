@@ -172,3 +172,12 @@ def test_missing_tensorflow_does_not_stop_a_run(tmp_path, monkeypatch, capsys):
   printed = capsys.readouterr().out
   assert printed.count('WARNING: no TensorBoard events') == 1
   assert (tmp_path / 'run' / 'metrics.jsonl').read_text().count('"split": "train"') == 2
+
+
+def test_resuming_with_other_settings_is_refused_and_start_fresh_restarts(tmp_path):
+  _train(tmp_path)
+  with pytest.raises(ValueError, match=r'holds another run \(seed: 0 -> 1\)'):
+    _train(tmp_path, seed=1)
+  out = _train(tmp_path, seed=1, start_fresh=True)
+  assert out['step'] == 2
+  assert [p.name for p in (tmp_path / 'run').iterdir() if p.name.startswith('replaced-')]

@@ -9,6 +9,7 @@ TensorBoard event files and the gin config.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -21,6 +22,7 @@ import numpy as np
 
 import jaxpt
 from jaxpt.checkpoints.prompts import MANIFEST, load_prompt
+from jaxpt.cli import run_dir
 from jaxpt.data.features import pad_rows
 from jaxpt.evaluate.splits import predict_texts, score_examples, score_split
 from jaxpt.methods import PROMPT_ONLY, Backbone, partition
@@ -217,7 +219,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: Optional[str] 
           partitioning: Optional[Any] = None, train_file: Optional[str] = None,
           validation_file: Optional[str] = None, input_template: Optional[str] = None,
           input_field: str = 'input', target_field: str = 'target',
-          labels: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+          labels: Optional[Sequence[str]] = None,
+          start_fresh: bool = False) -> Dict[str, Any]:
   """Tunes `method` on a frozen backbone; see gin/runs/train.gin for the macros.
 
   The data is a SeqIO task (`mixture_or_task_name`) or the user's own files
@@ -227,6 +230,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: Optional[str] 
   classification), tokenized with the backbone's own vocabulary.
   `partitioning` (a `jaxpt.partitioning.PartitionConfig`, bound by
   gin/partitioning/*.gin) shards the run over a ('data', 'model') mesh.
+  MODEL_DIR is locked while the run lasts; a MODEL_DIR holding another run
+  (`jaxpt.cli.run_dir`) is refused unless `start_fresh` moves it aside.
   """
   from jaxpt.train.loop import train as train_loop
 
@@ -238,55 +243,95 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: Optional[str] 
     raise ValueError('set exactly one of MIXTURE_OR_TASK_NAME (a SeqIO task) and TRAIN_FILE '
                      '(your own TSV / CSV / JSONL file)')
   model_dir = _writable_dir(model_dir)
-  with open(os.path.join(model_dir, CONFIG_FILE), 'w') as f:
-    f.write(gin.config_str())
-  model = _backbone(initial_checkpoint_path, model_config, seed)
-  prompted = prompted_model(model.config, method, label_smoothing=label_smoothing, z_loss=z_loss)
-  if train_file:
-    data = _file_data(train_file, validation_file if eval_split else None,
-                      backbone_vocabulary(initial_checkpoint_path), task_feature_lengths,
-                      method.prompt_length, batch_size, seed, input_template=input_template,
-                      input_field=input_field, target_field=target_field, labels=labels,
-                      eval_examples=eval_examples)
+  with contextlib.ExitStack() as stack:
+    if jax.process_index() == 0 and '://' not in model_dir:  # one writer per run directory
+      stack.enter_context(run_dir.locked(model_dir))
+    model = _backbone(initial_checkpoint_path, model_config, seed)
+    prompted = prompted_model(model.config, method, label_smoothing=label_smoothing, z_loss=z_loss)
+    if train_file:
+      data = _file_data(train_file, validation_file if eval_split else None,
+                        backbone_vocabulary(initial_checkpoint_path), task_feature_lengths,
+                        method.prompt_length, batch_size, seed, input_template=input_template,
+                        input_field=input_field, target_field=target_field, labels=labels,
+                        eval_examples=eval_examples)
+    else:
+      data = _task_data(mixture_or_task_name, eval_split, task_feature_lengths,
+                        method.prompt_length, batch_size, seed, eval_examples)
+    _check_vocabulary(data.vocab_size, model.config.vocab_size, initial_checkpoint_path)
+    if (labels and isinstance(method, PromptInit) and method.initializer == 'class_labels'
+        and not method.class_labels):  # the paper's class-label init reads the run's labels
+      method = dataclasses.replace(method, class_labels=tuple(labels))
+      prompted = dataclasses.replace(prompted, method=method)
+    method_params = method.init(jax.random.key(seed + 1), Backbone(
+        model.config, model.params['token_embedder']['embedding'], data.encode))
+    batches = data.batches
+    run_dir.check_identity(model_dir, _identity(
+        model, method, mixture_or_task_name, train_file, validation_file, input_template,
+        input_field, target_field, labels, seed=seed, batch_size=batch_size,
+        task_feature_lengths=task_feature_lengths, trainable_rules=trainable_rules,
+        label_smoothing=label_smoothing, z_loss=z_loss), start_fresh)
+    with open(os.path.join(model_dir, CONFIG_FILE), 'w') as f:
+      f.write(gin.config_str())
+    eval_fn = None
+    if data.evaluate is not None and eval_every:
+      eval_fn = lambda params, step: {k: v for k, v in data.evaluate(prompted, params).items()
+                                      if isinstance(v, (int, float))}
+    writers = {}
+
+    def on_metrics(record: Dict[str, Any]) -> None:
+      split = record.get('split', 'train')
+      if split not in writers:
+        writers[split] = _tensorboard_writer(os.path.join(model_dir, split))
+      _write_scalars(writers[split], int(record['step']), record)
+
+    _say_start(model, method, method_params, trainable_rules, model_dir)
+    result = train_loop(
+        prompted, model.params, method_params, batches, optimizer=optimizer,
+        num_steps=train_steps, rng=jax.random.key(seed + 2), trainable_rules=trainable_rules,
+        model_dir=model_dir, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
+        eval_fn=eval_fn, eval_every=eval_every, best_metric=best_metric,
+        log_every=log_every, on_metrics=on_metrics, backbone_source=model.source,
+        partitioning=partitioning)
+    with open(os.path.join(model_dir, OPERATIVE_CONFIG_FILE), 'w') as f:
+      f.write(gin.operative_config_str())
+    if 'backbone' in partition(result.params, trainable_rules)[0]:  # the backbone was tuned
+      jaxpt.save_model(jaxpt.Model(model.config, result.params['backbone'],
+                                   source=f'{model_dir} step {result.step}'),
+                       os.path.join(model_dir, TUNED_MODEL_DIR))
+    _say_end(model_dir, result)
+    return {'step': result.step, 'model_dir': model_dir}
+
+
+def _identity(model: Any, method: Any, task: Optional[str], train_file: Optional[str],
+              validation_file: Optional[str], input_template: Optional[str], input_field: str,
+              target_field: str, labels: Optional[Sequence[str]], **settings: Any
+              ) -> Dict[str, Any]:
+  """What makes a run's result: backbone, data, method, optimizer and the other settings."""
+  from jaxpt.checkpoints.prompts import fingerprint
+  from jaxpt.methods.registry import hyperparameters
+
+  if task:
+    data = {'task': task}
   else:
-    data = _task_data(mixture_or_task_name, eval_split, task_feature_lengths,
-                      method.prompt_length, batch_size, seed, eval_examples)
-  _check_vocabulary(data.vocab_size, model.config.vocab_size, initial_checkpoint_path)
-  if (labels and isinstance(method, PromptInit) and method.initializer == 'class_labels'
-      and not method.class_labels):  # the paper's class-label init reads the run's labels
-    method = dataclasses.replace(method, class_labels=tuple(labels))
-    prompted = dataclasses.replace(prompted, method=method)
-  method_params = method.init(jax.random.key(seed + 1), Backbone(
-      model.config, model.params['token_embedder']['embedding'], data.encode))
-  batches = data.batches
-  eval_fn = None
-  if data.evaluate is not None and eval_every:
-    eval_fn = lambda params, step: {k: v for k, v in data.evaluate(prompted, params).items()
-                                    if isinstance(v, (int, float))}
-  writers = {}
+    data = {'train_file': os.path.abspath(train_file), 'train_sha256': _file_sha256(train_file),
+            'validation_file': os.path.abspath(validation_file) if validation_file else None,
+            'input': input_template or input_field, 'target': target_field,
+            'labels': list(labels) if labels else None}
+  optimizer = sorted(line for line in gin.config_str().splitlines()
+                     if 'make_optimizer.' in line or line.startswith('OPTIMIZER'))
+  return {'backbone': fingerprint(model.params), 'data': data,
+          'method': {'name': method.name, **hyperparameters(method)},
+          'optimizer': optimizer,
+          **{k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}}
 
-  def on_metrics(record: Dict[str, Any]) -> None:
-    split = record.get('split', 'train')
-    if split not in writers:
-      writers[split] = _tensorboard_writer(os.path.join(model_dir, split))
-    _write_scalars(writers[split], int(record['step']), record)
 
-  _say_start(model, method, method_params, trainable_rules, model_dir)
-  result = train_loop(
-      prompted, model.params, method_params, batches, optimizer=optimizer,
-      num_steps=train_steps, rng=jax.random.key(seed + 2), trainable_rules=trainable_rules,
-      model_dir=model_dir, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
-      eval_fn=eval_fn, eval_every=eval_every, best_metric=best_metric,
-      log_every=log_every, on_metrics=on_metrics, backbone_source=model.source,
-      partitioning=partitioning)
-  with open(os.path.join(model_dir, OPERATIVE_CONFIG_FILE), 'w') as f:
-    f.write(gin.operative_config_str())
-  if 'backbone' in partition(result.params, trainable_rules)[0]:  # the backbone was tuned
-    jaxpt.save_model(jaxpt.Model(model.config, result.params['backbone'],
-                                 source=f'{model_dir} step {result.step}'),
-                     os.path.join(model_dir, TUNED_MODEL_DIR))
-  _say_end(model_dir, result)
-  return {'step': result.step, 'model_dir': model_dir}
+def _file_sha256(path: str) -> str:
+  import hashlib
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for chunk in iter(lambda: f.read(1 << 20), b''):
+      digest.update(chunk)
+  return digest.hexdigest()[:16]
 
 
 def _say_start(model: Any, method: Any, method_params: Any, trainable_rules: Sequence[str],
