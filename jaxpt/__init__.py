@@ -1,7 +1,8 @@
 """jaxpt: soft-prompt and prefix tuning of frozen T5 models in JAX/Flax.
 
 Public API:
-  load_model(path, prompt=None, **config_overrides) -> Model
+  load_model(path, prompt=None, partitioning=None, **config_overrides) -> Model
+                                 (sharded reads; scan_layers=, param_dtype= while reading)
   save_hf(model, directory)      write an HF transformers T5 directory
   save_model(model, directory)   write a jaxpt model directory
   export_peft(model, method, method_params, directory)   a peft adapter directory

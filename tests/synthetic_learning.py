@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import jax
 import numpy as np
@@ -17,10 +17,14 @@ from tests.tiny_configs import LEARN_CONFIG
 
 
 def learn(method, learning_rate: float, steps: int,
-          prepare: Callable = lambda batch: batch) -> Tuple[float, float, float]:
+          prepare: Callable = lambda batch: batch,
+          frozen_dtype: Optional[str] = None) -> Tuple[float, float, float]:
   """AdamW on batches of 32; (mean loss of the first 5 steps, of the last 20, held-out
-  accuracy on 256 examples). `prepare` rewrites each batch (e.g. a template)."""
+  accuracy on 256 examples). `prepare` rewrites each batch (e.g. a template);
+  `frozen_dtype` stores the frozen backbone in that dtype (e.g. 'bfloat16')."""
   backbone = init_params(LEARN_CONFIG, jax.random.key(0))
+  if frozen_dtype is not None:
+    backbone = jax.tree.map(lambda x: x.astype(frozen_dtype), backbone)
   params = {'backbone': backbone, 'method': method.init(
       jax.random.key(1), Backbone(LEARN_CONFIG, backbone['token_embedder']['embedding']))}
   trainable, frozen = partition(params, PROMPT_ONLY)

@@ -389,6 +389,28 @@ def read_hf_checkpoint(directory: str, shardings: Optional[Any] = None
       config.json) and found shapes, for missing / unexpected / misshapen
       tensors, truncated or corrupt files, or a config that is not T5's.
   """
+  config, sources = hf_sources(directory)
+  flat_shardings = (traverse_util.flatten_dict(shardings, sep='/')
+                    if shardings is not None else {})
+  params = {}
+  for path, (shape, read) in sources.items():
+    if flat_shardings.get(path) is not None:
+      params[path] = jax.make_array_from_callback(shape, flat_shardings[path], read)
+    else:
+      # A jax array now, so a jitted step is not handed numpy views to copy (transposed)
+      # on every call.
+      params[path] = jnp.asarray(read())
+  return config, traverse_util.unflatten_dict(params, sep='/')
+
+
+def hf_sources(directory: str) -> Tuple[T5Config, Dict[str, Tuple[Tuple[int, ...], Callable]]]:
+  """(config, {jaxpt path: (shape, read)}) of an HF directory, reading nothing yet.
+
+  `read(index=None)` returns the float32 numpy value of one unscanned parameter, or
+  only its slice `index` (a tuple of slices, as `jax.make_array_from_callback` passes):
+  for safetensors only that slice's bytes are read (`get_slice`). Everything
+  `read_hf_checkpoint` checks (names, shapes, tying) is checked here.
+  """
   directory = os.fspath(directory)
   if not os.path.isdir(directory):
     raise CheckpointError(f'{directory}: no such directory (expected an HF T5 directory)')
@@ -436,10 +458,8 @@ def read_hf_checkpoint(directory: str, shardings: Optional[Any] = None
     raise CheckpointError(f'{directory}: weights do not match {config_path} '
                           f'({len(problems)} problems):\n  {shown}{more}')
 
-  flat_shardings = (traverse_util.flatten_dict(shardings, sep='/')
-                    if shardings is not None else {})
   fold = np.float32(config.emb_dim ** -0.5) if (untied and scaled) else None
-  params = {}
+  sources = {}
   for path, (name, transpose) in mapping.items():
 
     def read(index=None, name=name, transpose=transpose, path=path):
@@ -455,14 +475,8 @@ def read_hf_checkpoint(directory: str, shardings: Optional[Any] = None
         out = out * fold
       return out
 
-    if flat_shardings.get(path) is not None:
-      params[path] = jax.make_array_from_callback(tuple(expected[path].shape),
-                                                  flat_shardings[path], read)
-    else:
-      # A jax array now, so a jitted step is not handed numpy views to copy (transposed)
-      # on every call.
-      params[path] = jnp.asarray(read())
-  return config, traverse_util.unflatten_dict(params, sep='/')
+    sources[path] = (tuple(expected[path].shape), read)
+  return config, sources
 
 
 # ------------------------------------------------------------------------------ write

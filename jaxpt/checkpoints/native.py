@@ -42,10 +42,8 @@ def write_native(config: T5Config, params: Dict[str, Any], directory: str) -> No
     json.dump({'format': FORMAT, 'version': VERSION, 'config': config.to_dict()}, f, indent=2)
 
 
-def read_native(directory: str, shardings: Optional[Any] = None) -> Tuple[T5Config, Dict]:
-  """Reads (config, params); with `shardings` each array is restored into its sharding."""
-  import orbax.checkpoint as ocp
-
+def read_native_config(directory: str) -> T5Config:
+  """The config in a jaxpt model directory's manifest (reads no parameter)."""
   manifest_path = os.path.join(directory, MANIFEST)
   try:
     with open(manifest_path) as f:
@@ -57,10 +55,22 @@ def read_native(directory: str, shardings: Optional[Any] = None) -> Tuple[T5Conf
     raise CheckpointError(f'{manifest_path}: expected format {FORMAT!r}, '
                           f'found {manifest.get("format")!r}')
   try:
-    config = T5Config.from_dict(manifest['config'])
+    return T5Config.from_dict(manifest['config'])
   except (KeyError, TypeError, ValueError) as e:
     raise CheckpointError(f'{manifest_path}: invalid config: {e}') from e
+
+
+def read_native(directory: str, shardings: Optional[Any] = None, dtype: Any = None
+                ) -> Tuple[T5Config, Dict]:
+  """Reads (config, unscanned params); with `shardings` each array is restored into its
+  sharding (Orbax reads each device's slice); `dtype` casts while restoring."""
+  import orbax.checkpoint as ocp
+
+  manifest_path = os.path.join(directory, MANIFEST)
+  config = read_native_config(directory)
   target = abstract_params(config.replace(scan_layers=False))  # stored unscanned
+  if dtype is not None:
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, dtype), target)
   if shardings is not None:
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           target, shardings)

@@ -418,6 +418,35 @@ def read_t5x_checkpoint(path: str, shardings: Any = None, dtype: Any = np.float3
   return traverse_util.unflatten_dict(flat, sep='/')
 
 
+def t5x_sources(path: str, dtype: Any = np.float32
+                ) -> Tuple[T5Config, Dict[str, Tuple[Tuple[int, ...], Any]]]:
+  """(config, {param path: (shape, read)}) of a T5X checkpoint's target, reading no array.
+
+  `read(index=None)` returns one parameter (cast to `dtype`), or only its slice
+  `index`: tensorstore arrays read just the chunks that slice covers; arrays of a
+  single msgpack file are decoded on the host once (the file has no random access)
+  and sliced there.
+  """
+  path = os.fspath(path)
+  leaves = read_t5x_arrays(path, 'target', lazy=True)
+  if not leaves:
+    raise CheckpointError(f'{path}: expected parameters under the checkpoint target, '
+                          f'found an empty target')
+  shapes = {name: jax.ShapeDtypeStruct(tuple(leaf.shape), np.float32)
+            for name, leaf in leaves.items()}
+  config = config_from_t5x_params(traverse_util.unflatten_dict(shapes, sep='/'), path)
+  sources = {}
+  for name, leaf in leaves.items():
+    def read(index: Any = None, leaf: Any = leaf) -> np.ndarray:
+      if isinstance(leaf, ZarrArray):
+        value = leaf.read(index)
+      else:
+        value = leaf if index is None else leaf[index]
+      return np.asarray(value, dtype=dtype) if dtype is not None else np.asarray(value)
+    sources[name] = (tuple(leaf.shape), read)
+  return config, sources
+
+
 def config_from_t5x_params(params: Dict[str, Any], source: str = 'T5X checkpoint') -> T5Config:
   """Infers every size of a T5 from its T5X parameter tree (unscanned).
 
@@ -475,11 +504,14 @@ def write_t5x_checkpoint(params: Dict[str, Any], path: str,
   chunk size are written as `__msgpack_chunked_array__`.
 
   Args:
-    params: the nested parameter tree (numpy or jax arrays).
+    params: the nested parameter tree (numpy or jax arrays; a scanned tree's
+      stacked `layers` are written as `layers_0..n-1`).
     path: the file to write.
     optimizer_state: stored as `state/param_states` (e.g. Adafactor's).
     step: stored as `state/step` (int32).
   """
+  from jaxpt.models.scan import unstack_layers
+  params = unstack_layers(params)  # scanned models are written per layer, as T5X reads them
   state = {'step': np.asarray(step, np.int32),
            'param_states': jax.tree.map(np.asarray, optimizer_state or {})}
   tree = {'version': 3, 'optimizer': {'target': jax.tree.map(np.asarray, params),
@@ -489,3 +521,52 @@ def write_t5x_checkpoint(params: Dict[str, Any], path: str,
       f.write(serialization.msgpack_serialize(tree))
   except OSError as e:
     raise CheckpointError(f'{path}: cannot write the T5X checkpoint: {e}') from e
+
+
+def _chunk_shape(shape: Sequence[int], itemsize: int, max_chunk_bytes: int) -> Tuple[int, ...]:
+  """Halves the largest evenly halvable dimension until a chunk fits (as T5X chunks)."""
+  chunk = list(shape)
+  while int(np.prod(chunk)) * itemsize > max_chunk_bytes:
+    halvable = [d for d in range(len(chunk)) if chunk[d] % 2 == 0]
+    if not halvable:
+      break
+    d = max(halvable, key=lambda d: chunk[d])
+    chunk[d] //= 2
+  return tuple(max(c, 1) for c in chunk)
+
+
+def write_t5x_tensorstore(params: Dict[str, Any], directory: str, step: int = 0,
+                          max_chunk_bytes: int = 64 * 2**20) -> None:
+  """Writes a legacy T5X tensorstore checkpoint directory (`checkpoint` index + zarr arrays).
+
+  Each parameter becomes a gzip zarr array `target.<path with dots>` in chunks of at
+  most `max_chunk_bytes` (T5X's own layout), so a reader slices it chunk by chunk;
+  a scanned tree is written per layer. Arrays are fetched to the host one at a time.
+  """
+  import tensorstore as ts
+
+  from jaxpt.models.scan import unstack_layers
+
+  directory = os.fspath(directory)
+  os.makedirs(directory, exist_ok=True)
+  flat = traverse_util.flatten_dict(unstack_layers(params), sep='/')
+  index: Dict[str, Any] = {}
+  for name, value in flat.items():
+    array = np.asarray(jax.device_get(value))
+    subdir = 'target.' + name.replace('/', '.')
+    dtype = np.dtype(array.dtype)
+    zdtype = 'bfloat16' if dtype.name == 'bfloat16' else dtype.newbyteorder('<').str
+    metadata = {'shape': list(array.shape),
+                'chunks': list(_chunk_shape(array.shape, dtype.itemsize, max_chunk_bytes)),
+                'dtype': zdtype, 'compressor': {'id': 'gzip'}}
+    spec = {'driver': 'zarr', 'kvstore': {'driver': 'file', 'path': subdir + '/'},
+            'metadata': metadata}
+    store = ts.open({'driver': 'zarr', 'kvstore': {'driver': 'file',
+                                                   'path': os.path.join(directory, subdir) + '/'},
+                     'metadata': metadata}, create=True, delete_existing=True).result()
+    store.write(array).result()
+    index[name] = spec
+  tree = {'version': 3, 'optimizer': {'target': traverse_util.unflatten_dict(index, sep='/'),
+                                      'state': {'step': np.asarray(step, np.int32)}}}
+  with open(os.path.join(directory, _INDEX), 'wb') as f:
+    f.write(serialization.msgpack_serialize(tree))

@@ -53,24 +53,74 @@ def _writable_dir(path: Optional[str], what: str = 'MODEL_DIR') -> str:
 
 
 def _backbone(initial_checkpoint_path: Optional[str], model_config: Optional[T5Config],
-              seed: int) -> jaxpt.Model:
+              seed: int, partitioning: Optional[Any] = None,
+              frozen_dtype: Optional[str] = None) -> jaxpt.Model:
+  """The run's backbone: the checkpoint with gin's run settings, or a random init.
+
+  With `partitioning` every leaf is read straight into its sharding (no device gets a
+  whole leaf); `model_config.scan_layers` stacks the checkpoint's layers while reading;
+  `frozen_dtype` (e.g. 'bfloat16') stores the weights in that dtype (the caller passes it
+  only when the whole backbone is frozen).
+  """
+  overrides: Dict[str, Any] = {}
+  if frozen_dtype is not None:
+    overrides['param_dtype'] = frozen_dtype
   if initial_checkpoint_path:
-    model = jaxpt.load_model(initial_checkpoint_path)
+    if model_config is not None:  # run settings (dtype, scan, remat, dropout) from gin
+      overrides.update(dtype=model_config.dtype, scan_layers=model_config.scan_layers,
+                       remat_policy=model_config.remat_policy,
+                       dropout_rate=model_config.dropout_rate)
+    model = jaxpt.load_model(initial_checkpoint_path, partitioning=partitioning, **overrides)
     if model_config is not None and model_config.emb_dim != model.config.emb_dim:
       raise ValueError(f'MODEL_CONFIG (d_model {model_config.emb_dim}) does not match the '
                        f'checkpoint {initial_checkpoint_path} (d_model {model.config.emb_dim})')
-    if model_config is not None:  # run settings (dtype, scan, remat, dropout) from gin
-      model = jaxpt.Model(model.config.replace(
-          dtype=model_config.dtype, scan_layers=False, remat_policy=model_config.remat_policy,
-          dropout_rate=model_config.dropout_rate), model.params, model.source)
     return model
   if model_config is None:
     raise ValueError('set INITIAL_CHECKPOINT_PATH (a T5 checkpoint) or MODEL_CONFIG '
                      '(a model gin file such as models/t5_1_1/tiny.gin)')
   print(f'WARNING: INITIAL_CHECKPOINT_PATH is not set: the backbone is a RANDOMLY '
         f'initialized T5 (seed {seed}), not a pretrained one.', flush=True)
-  return jaxpt.Model(model_config, init_params(model_config, jax.random.key(seed)),
-                     source=f'random init (seed {seed})')
+  config = model_config.replace(**overrides)
+  if partitioning is not None:  # initialized in place, each device computing its shards
+    from jaxpt.partitioning import param_shardings
+    shardings = param_shardings(config, partitioning.mesh(), partitioning.rules())
+    params = jax.jit(lambda key: init_params(config, key), out_shardings=shardings)(
+        jax.random.key(seed))
+  else:
+    params = init_params(config, jax.random.key(seed))
+  return jaxpt.Model(config, params, source=f'random init (seed {seed})')
+
+
+def _backbone_frozen(trainable_rules: Sequence[str], model_config: Optional[T5Config]) -> bool:
+  """Whether `trainable_rules` leave every backbone parameter frozen (checked on the
+  parameter paths of gated and ungated, tied and untied T5s, 64 layers deep)."""
+  from flax import traverse_util
+
+  from jaxpt.methods.split import partition
+  from jaxpt.models.config import preset
+  from jaxpt.models.t5 import abstract_params
+  paths = {}
+  for family, tied in (('t5_1_1', False), ('t5_1_0', True), ('t5_1_0', False)):
+    config = preset(family, 'tiny', num_encoder_layers=64, num_decoder_layers=64,
+                    logits_via_embedding=tied,
+                    per_layer_relpos_bias=bool(model_config and model_config.per_layer_relpos_bias))
+    paths.update(traverse_util.flatten_dict(abstract_params(config), sep='/'))
+  probe = {'backbone': traverse_util.unflatten_dict({k: 0 for k in paths}, sep='/'),
+           'method': {'prompt': 0}}
+  try:
+    return 'backbone' not in partition(probe, trainable_rules)[0]
+  except ValueError:  # the rules match only method leaves this probe lacks
+    return True
+
+
+def _cast_frozen(params: Dict[str, Any], trainable_rules: Sequence[str], dtype: str
+                 ) -> Dict[str, Any]:
+  """`params` with its frozen backbone leaves cast to `dtype` (trainable ones untouched)."""
+  from jaxpt.methods.split import combine, partition
+  trainable, frozen = partition(params, trainable_rules)
+  if 'backbone' in frozen:
+    frozen = dict(frozen, backbone=jax.tree.map(lambda x: x.astype(dtype), frozen['backbone']))
+  return combine(trainable, frozen)
 
 
 def _check_placement(method: Any) -> None:
@@ -220,7 +270,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: Optional[str] 
           validation_file: Optional[str] = None, input_template: Optional[str] = None,
           input_field: str = 'input', target_field: str = 'target',
           labels: Optional[Sequence[str]] = None,
-          start_fresh: bool = False) -> Dict[str, Any]:
+          start_fresh: bool = False, frozen_dtype: Optional[str] = None) -> Dict[str, Any]:
   """Tunes `method` on a frozen backbone; see gin/runs/train.gin for the macros.
 
   The data is a SeqIO task (`mixture_or_task_name`) or the user's own files
@@ -229,7 +279,10 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: Optional[str] 
   target `target_field`; `labels` makes it classification, scored by rank
   classification), tokenized with the backbone's own vocabulary.
   `partitioning` (a `jaxpt.partitioning.PartitionConfig`, bound by
-  gin/partitioning/*.gin) shards the run over a ('data', 'model') mesh.
+  gin/partitioning/*.gin) shards the run over a ('data', 'model') mesh; the backbone
+  is then read straight into its shardings. `frozen_dtype` (FROZEN_DTYPE, e.g.
+  'bfloat16') stores the frozen backbone weights in that dtype (read so from the
+  checkpoint); trainable parameters, gradients and optimizer state stay float32.
   MODEL_DIR is locked while the run lasts; a MODEL_DIR holding another run
   (`jaxpt.cli.run_dir`) is refused unless `start_fresh` moves it aside.
   """
@@ -246,7 +299,9 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: Optional[str] 
   with contextlib.ExitStack() as stack:
     if jax.process_index() == 0 and '://' not in model_dir:  # one writer per run directory
       stack.enter_context(run_dir.locked(model_dir))
-    model = _backbone(initial_checkpoint_path, model_config, seed)
+    frozen_all = _backbone_frozen(trainable_rules, model_config)
+    model = _backbone(initial_checkpoint_path, model_config, seed, partitioning,
+                      frozen_dtype if frozen_all else None)
     prompted = prompted_model(model.config, method, label_smoothing=label_smoothing, z_loss=z_loss)
     if train_file:
       data = _file_data(train_file, validation_file if eval_split else None,
@@ -264,6 +319,10 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: Optional[str] 
       prompted = dataclasses.replace(prompted, method=method)
     method_params = method.init(jax.random.key(seed + 1), Backbone(
         model.config, model.params['token_embedder']['embedding'], data.encode))
+    backbone_params = model.params
+    if frozen_dtype is not None and not frozen_all:  # cast only the frozen backbone leaves
+      backbone_params = _cast_frozen({'backbone': backbone_params, 'method': method_params},
+                                     trainable_rules, frozen_dtype)['backbone']
     batches = data.batches
     run_dir.check_identity(model_dir, _identity(
         model, method, mixture_or_task_name, train_file, validation_file, input_template,
@@ -286,7 +345,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: Optional[str] 
 
     _say_start(model, method, method_params, trainable_rules, model_dir)
     result = train_loop(
-        prompted, model.params, method_params, batches, optimizer=optimizer,
+        prompted, backbone_params, method_params, batches, optimizer=optimizer,
         num_steps=train_steps, rng=jax.random.key(seed + 2), trainable_rules=trainable_rules,
         model_dir=model_dir, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
         eval_fn=eval_fn, eval_every=eval_every, best_metric=best_metric,
@@ -366,8 +425,9 @@ def _say_end(model_dir: str, result: Any) -> None:
 
 
 def _load_tuned(model_dir: str, initial_checkpoint_path: Optional[str],
-                model_config: Optional[T5Config], seed: int, prompt_dir: Optional[str]):
-  model = _backbone(initial_checkpoint_path, model_config, seed)
+                model_config: Optional[T5Config], seed: int, prompt_dir: Optional[str],
+                partitioning: Optional[Any] = None, frozen_dtype: Optional[str] = None):
+  model = _backbone(initial_checkpoint_path, model_config, seed, partitioning, frozen_dtype)
   path = prompt_dir or os.path.join(model_dir, 'prompt')
   if not os.path.isdir(path):
     raise FileNotFoundError(f'no prompt checkpoint at {path}: run `jaxpt train` with this '
@@ -383,13 +443,16 @@ def evaluate(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.R
              initial_checkpoint_path: Optional[str] = None,
              model_config: Optional[T5Config] = None, seed: int = 0,
              split: str = 'validation', max_examples: Optional[int] = None,
-             prompt_dir: Optional[str] = None, batch_size: int = 32) -> Dict[str, Any]:
+             prompt_dir: Optional[str] = None, batch_size: int = 32,
+             partitioning: Optional[Any] = None,
+             frozen_dtype: Optional[str] = None) -> Dict[str, Any]:
   """Scores a trained prompt on a task split; writes eval_metrics.jsonl + TensorBoard."""
   from jaxpt.data.seqio_batches import eval_examples as read_eval
 
   model_dir = _writable_dir(model_dir)
   model, method, method_params, path = _load_tuned(model_dir, initial_checkpoint_path,
-                                                   model_config, seed, prompt_dir)
+                                                   model_config, seed, prompt_dir,
+                                                   partitioning, frozen_dtype)
   _, lengths = _task_setup(mixture_or_task_name, task_feature_lengths, method.prompt_length)
   examples = read_eval(mixture_or_task_name, lengths, split, max_examples)
   start = time.time()
@@ -416,14 +479,16 @@ def infer(*, model_dir: str = gin.REQUIRED, task_feature_lengths: Mapping[str, i
           output_file: Optional[str] = None, initial_checkpoint_path: Optional[str] = None,
           model_config: Optional[T5Config] = None, seed: int = 0, split: str = 'validation',
           max_examples: Optional[int] = None, prompt_dir: Optional[str] = None,
-          max_decode_length: int = 16, batch_size: int = 32) -> str:
+          max_decode_length: int = 16, batch_size: int = 32,
+          partitioning: Optional[Any] = None, frozen_dtype: Optional[str] = None) -> str:
   """Greedy predictions for a TSV of inputs (first column) or a task split, to JSONL."""
   import tasks
   from jaxpt.data.seqio_batches import eval_examples as read_eval
 
   model_dir = _writable_dir(model_dir)
   model, method, method_params, path = _load_tuned(model_dir, initial_checkpoint_path,
-                                                   model_config, seed, prompt_dir)
+                                                   model_config, seed, prompt_dir,
+                                                   partitioning, frozen_dtype)
   lengths = tasks.feature_lengths(task_feature_lengths['inputs'],
                                   task_feature_lengths['targets'], method.prompt_length)
   if input_tsv:
@@ -457,14 +522,14 @@ def infer(*, model_dir: str = gin.REQUIRED, task_feature_lengths: Mapping[str, i
 def export(*, model_dir: str = gin.REQUIRED, output_dir: str = gin.REQUIRED,
            fmt: str = 'peft', initial_checkpoint_path: Optional[str] = None,
            model_config: Optional[T5Config] = None, seed: int = 0,
-           prompt_dir: Optional[str] = None) -> str:
+           prompt_dir: Optional[str] = None, partitioning: Optional[Any] = None) -> str:
   """Writes the trained prompt as a peft adapter (`fmt='peft'`) or the backbone as an HF
   directory (`fmt='hf'`, with the prompt exported beside it as `adapter/`)."""
   from jaxpt.checkpoints.peft import export_peft
 
   output_dir = _writable_dir(output_dir, 'OUTPUT_DIR')
   model, method, method_params, _ = _load_tuned(model_dir, initial_checkpoint_path,
-                                                model_config, seed, prompt_dir)
+                                                model_config, seed, prompt_dir, partitioning)
   if fmt == 'peft':
     export_peft(model, method, method_params, output_dir)
   elif fmt == 'hf':
