@@ -4,7 +4,7 @@
   jaxpt summary PATH                          load a checkpoint, print its summary
   jaxpt train|eval|infer|export-peft|export-hf --gin_file=F [--gin_file=G ...]
         [--gin.MACRO=value ...] [--gin_search_paths=a,b]
-  jaxpt plan --gin_file=F ... [--num_devices=N] [--device_memory_gib=16]
+  jaxpt plan --gin_file=F ... [--num_devices=N] [--device_memory_gib=GIB]
                                               per-device memory of the sharded step
   jaxpt similar PROMPT LIBRARY [--task=K] [--by=mean|tokens] [--top=N]
                                               rank a prompt library by SPoT similarity
@@ -67,12 +67,11 @@ def _parser() -> argparse.ArgumentParser:
   plan.add_argument('--debug', action='store_true', help='show Python tracebacks')
   plan.add_argument('--num_devices', type=int, default=None,
                     help='plan for N devices simulated on CPU (omit: this machine\'s devices)')
-  plan.add_argument('--device_memory_gib', type=float, default=16.0,
-                    help='memory per device to check against (v3: 16, v4: 32, H100: 80)')
+  plan.add_argument('--device_memory_gib', type=float, default=None,
+                    help="memory per device to judge against (default: the target's "
+                    'DEVICE_MEMORY_GIB from its gin/partitioning/ file, or a GPU/TPU\'s own)')
   plan.add_argument('--no_full_tuning', action='store_true',
                     help='skip the comparison plan with every parameter trainable')
-  plan.add_argument('--no_scan_layers', action='store_true',
-                    help="keep the config's layer loop (scan_layers=True compiles faster)")
   plan.add_argument('--json', default=None, help='also write the plans to this JSON file')
   return parser
 

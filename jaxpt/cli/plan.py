@@ -8,28 +8,45 @@ time on ShapeDtypeStructs carrying their shardings. It prints what one device
 holds: frozen and trainable parameters, optimizer state, the batch, and the
 compiler's own accounting (`compiled.memory_analysis()`: arguments, outputs,
 aliased (donated) buffers, temporaries, generated code), then whether the peak
-fits `--device_memory_gib` (16 for TPU v3, 32 for v4, 80 for an H100). The same
-plan with every parameter trainable (full model tuning) follows, to show the
-saving.
+fits the target's memory per device. The same plan with every parameter
+trainable (full model tuning) follows, to show the saving.
+
+The program is the one `jaxpt train` runs with the same gin files: the same
+`jaxpt.train.sharding.sharded_train_step`, the same prompted model (method,
+Z_LOSS, LABEL_SMOOTHING), the same backbone config (`jaxpt.cli.runs.run_config`:
+with INITIAL_CHECKPOINT_PATH set, the settings `jaxpt train` applies to the
+loaded checkpoint, e.g. its layer scanning), the same batch features
+(`decoder_loss_weights` included) and shardings; the printed program
+fingerprint (a hash of the compiled HLO) is the one `jaxpt train` compiles
+(tests/test_plan.py). Plan-only settings would plan another program, so there
+are none: change the run (`--gin.jaxpt.preset.scan_layers=True`) to plan it.
+
+The memory to judge against is the target's: DEVICE_MEMORY_GIB, set by the
+gin/partitioning/ file of each target (xxl_gpu.gin: one 80 GB GPU, xxl_v3_32.gin:
+16 GiB v3 cores, xxl_v4_8.gin and xxl_v4_32.gin: 32 GiB v4 chips), or
+`--device_memory_gib`; unset, a GPU/TPU's own memory limit, and on CPU no verdict.
 
 `--num_devices=N` plans for N devices on this machine: the command re-runs
 itself on N simulated CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count).
 
-  jaxpt plan --gin_file=models/t5_1_1/xxl.gin --gin_file=methods/prompt_tuning.gin \\
-    --gin_file=runs/train.gin --gin_file=partitioning/pjit.gin \\
-    --gin.NUM_PARTITIONS=8 --num_devices=32 --device_memory_gib=16
+  jaxpt plan --num_devices=4 --gin_file=models/t5_1_1/xxl.gin \\
+    --gin_file=methods/prompt_tuning.gin --gin_file=runs/train.gin \\
+    --gin_file=partitioning/xxl_v4_8.gin \\
+    --gin.MODEL_DIR="'/tmp/plan'" --gin.MIXTURE_OR_TASK_NAME="'super_glue_rte_local'"
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import gin
 import jax
@@ -48,7 +65,12 @@ _REEXEC_ENV = 'JAXPT_PLAN_CHILD'
 _INHERITED = {'model_config': 'MODEL_CONFIG', 'method': 'METHOD', 'optimizer': 'OPTIMIZER',
               'trainable_rules': 'TRAINABLE_RULES', 'batch_size': 'BATCH_SIZE',
               'task_feature_lengths': 'TASK_FEATURE_LENGTHS', 'partitioning': 'PARTITIONING',
-              'label_smoothing': None, 'z_loss': None}
+              'initial_checkpoint_path': 'INITIAL_CHECKPOINT_PATH',
+              'label_smoothing': 'LABEL_SMOOTHING', 'z_loss': 'Z_LOSS'}
+# The features of a `jaxpt train` batch (jaxpt.data.seqio_batches.TrainBatches: SeqIO's
+# EncDecFeatureConverter, int32) that the step sees.
+BATCH_FEATURES = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens',
+                  'decoder_loss_weights')
 
 
 def _simulated_env(num_devices: int) -> Optional[Dict[str, str]]:
@@ -106,31 +128,35 @@ def _bytes(mem: Any, name: str) -> int:
   return int(getattr(mem, name, 0) or 0)
 
 
-def plan_step(model: PromptedModel, optimizer: Any, trainable_rules: Sequence[str],
-              batch_size: int, input_length: int, target_length: int,
-              partitioning: pt.PartitionConfig, *,
-              device_memory_gib: float = 16.0) -> Dict[str, Any]:
-  """Compiles the sharded step ahead of time for abstract inputs; returns its memory plan.
+def device_memory_limit_gib() -> Optional[float]:
+  """This process's first device's memory limit (GPU/TPU), or None (CPU, or not reported)."""
+  device = jax.devices()[0]
+  if device.platform == 'cpu':
+    return None
+  try:
+    limit = (device.memory_stats() or {}).get('bytes_limit')
+  except Exception:  # pylint: disable=broad-except  (not every backend reports it)
+    return None
+  return None if not limit else limit / GIB
 
-  The step is `jaxpt.train.sharding.sharded_train_step`, the one `jaxpt train`
-  runs with the same model and partitioning.
 
-  Args:
-    model: the prompted model (its config planned as given: set scan_layers
-      before; its method's params' shapes come from eval_shape).
-    optimizer: the optax optimizer.
-    trainable_rules: which leaves train (`split.PROMPT_ONLY`, `split.EVERYTHING`).
-    batch_size: global batch size.
-    input_length: encoder length the model sees, prompt included.
-    target_length: decoder length.
-    partitioning: the mesh and rules.
-    device_memory_gib: the per-device memory to check the peak against.
+def abstract_batch(batch_size: int, encoder_length: int, target_length: int) -> Dict[str, Any]:
+  """ShapeDtypeStructs of one `jaxpt train` batch (`BATCH_FEATURES`, int32)."""
+  shapes = {'encoder_input_tokens': (batch_size, encoder_length)}
+  return {k: jax.ShapeDtypeStruct(shapes.get(k, (batch_size, target_length)), jnp.int32)
+          for k in BATCH_FEATURES}
+
+
+def lower_step(model: PromptedModel, optimizer: Any, trainable_rules: Sequence[str],
+               batch_size: int, input_length: int, target_length: int,
+               partitioning: pt.PartitionConfig) -> Tuple[Any, Dict[str, Any]]:
+  """Lowers `jaxpt train`'s sharded step for abstract arguments.
 
   Returns:
-    A dict of per-device bytes ('frozen_params', 'trainable_params',
-    'optimizer_state', 'batch', 'arguments', 'outputs', 'aliased',
-    'temporaries', 'generated_code', 'peak'), 'fits', the mesh shape and the
-    compile time.
+    (lowered, info): `step.lower(...)` of `sharded_train_step(model, ...)` on
+    ShapeDtypeStructs carrying the step's shardings (nothing is allocated), and
+    the per-device bytes of what it holds ('frozen_params', 'trainable_params',
+    'optimizer_state', 'batch'), the mesh and the parameter counts.
   """
   from jaxpt.train.sharding import sharded_train_step
   from jaxpt.train.step import init_state
@@ -146,22 +172,16 @@ def plan_step(model: PromptedModel, optimizer: Any, trainable_rules: Sequence[st
   if enc_len <= 0:
     raise ValueError(f'input length {input_length} leaves no room beside the prompt '
                      f'({method.prompt_length})')
-  batch = {'encoder_input_tokens': jax.ShapeDtypeStruct((batch_size, enc_len), jnp.int32),
-           'decoder_input_tokens': jax.ShapeDtypeStruct((batch_size, target_length), jnp.int32),
-           'decoder_target_tokens': jax.ShapeDtypeStruct((batch_size, target_length), jnp.int32)}
   if batch_size % mesh.shape['data']:
     raise ValueError(f'batch size {batch_size} is not divisible by the data axis '
                      f"({mesh.shape['data']} = {mesh.size} devices / {mesh.shape['model']})")
+  batch = abstract_batch(batch_size, enc_len, target_length)
   batch_sh = {k: sh.batch for k in batch}
   rng = jax.eval_shape(lambda: jax.random.key(0))
   args = (pt.abstract_with_shardings(state, sh.state), pt.abstract_with_shardings(frozen, sh.frozen),
           pt.abstract_with_shardings(batch, batch_sh),
           jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=sh.replicated))
-  start = time.perf_counter()
-  compiled = step.lower(*args).compile()
-  seconds = time.perf_counter() - start
-  mem = compiled.memory_analysis()
-  out = {
+  info = {
       'mesh': {'data': int(mesh.shape['data']), 'model': int(mesh.shape['model'])},
       'devices': int(mesh.size), 'platform': mesh.devices.flat[0].platform,
       'trainable_rules': list(trainable_rules),
@@ -171,23 +191,89 @@ def plan_step(model: PromptedModel, optimizer: Any, trainable_rules: Sequence[st
       'batch': pt.sharded_bytes(batch, batch_sh),
       'total_params': int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),
       'trained_params': int(sum(np.prod(x.shape) for x in jax.tree.leaves(trainable))),
+  }
+  return step.lower(*args), info
+
+
+_METADATA = re.compile(r', metadata=\{(?:[^{}"]|"(?:[^"\\]|\\.)*")*\}')
+_DEBUG_TABLES = ('FileNames', 'FunctionNames', 'FileLocations', 'StackFrames')
+
+
+def program_text(compiled: Any) -> str:
+  """The compiled program's HLO without its debug metadata (where in Python each op was made)."""
+  blocks = compiled.as_text().split('\n\n')
+  blocks = [b for b in blocks if b.split('\n', 1)[0].strip() not in _DEBUG_TABLES]
+  return _METADATA.sub('', '\n\n'.join(blocks))
+
+
+def program_fingerprint(compiled: Any) -> str:
+  """A short hash of `program_text` (equal programs, equal hashes, wherever they were built)."""
+  return hashlib.sha256(program_text(compiled).encode()).hexdigest()[:16]
+
+
+def memory_plan(compiled: Any, device_memory_gib: Optional[float]) -> Dict[str, Any]:
+  """Per-device bytes from `compiled.memory_analysis()`, the peak and the verdict."""
+  mem = compiled.memory_analysis()
+  out = {
       'arguments': _bytes(mem, 'argument_size_in_bytes'),
       'outputs': _bytes(mem, 'output_size_in_bytes'),
       'aliased': _bytes(mem, 'alias_size_in_bytes'),
       'temporaries': _bytes(mem, 'temp_size_in_bytes'),
       'generated_code': _bytes(mem, 'generated_code_size_in_bytes'),
-      'compile_seconds': round(seconds, 1),
-      'device_memory_gib': device_memory_gib,
   }
   out['peak'] = (out['arguments'] + out['outputs'] - out['aliased'] + out['temporaries']
                  + out['generated_code'])
-  out['fits'] = out['peak'] <= device_memory_gib * GIB
+  out['device_memory_gib'] = device_memory_gib
+  out['fits'] = None if device_memory_gib is None else out['peak'] <= device_memory_gib * GIB
   return out
 
 
-def format_plan(title: str, p: Mapping[str, Any]) -> str:
+def plan_step(model: PromptedModel, optimizer: Any, trainable_rules: Sequence[str],
+              batch_size: int, input_length: int, target_length: int,
+              partitioning: pt.PartitionConfig, *,
+              device_memory_gib: Optional[float] = None) -> Dict[str, Any]:
+  """Compiles the sharded step ahead of time for abstract inputs; returns its memory plan.
+
+  The step is `jaxpt.train.sharding.sharded_train_step`, the one `jaxpt train`
+  runs with the same model and partitioning (`lower_step`).
+
+  Args:
+    model: the prompted model (its config planned as given; its method's
+      params' shapes come from eval_shape).
+    optimizer: the optax optimizer.
+    trainable_rules: which leaves train (`split.PROMPT_ONLY`, `split.EVERYTHING`).
+    batch_size: global batch size.
+    input_length: encoder length the model sees, prompt included.
+    target_length: decoder length.
+    partitioning: the mesh and rules.
+    device_memory_gib: the per-device memory to check the peak against (None:
+      no verdict, 'fits' is None).
+
+  Returns:
+    A dict of per-device bytes ('frozen_params', 'trainable_params',
+    'optimizer_state', 'batch', 'arguments', 'outputs', 'aliased',
+    'temporaries', 'generated_code', 'peak'), 'fits', the mesh shape, the
+    compile time and the program's 'fingerprint'.
+  """
+  start = time.perf_counter()
+  lowered, out = lower_step(model, optimizer, trainable_rules, batch_size, input_length,
+                            target_length, partitioning)
+  compiled = lowered.compile()
+  out['compile_seconds'] = round(time.perf_counter() - start, 1)
+  out.update(memory_plan(compiled, device_memory_gib))
+  out['fingerprint'] = program_fingerprint(compiled)
+  return out
+
+
+def format_plan(title: str, p: Mapping[str, Any], target: Optional[str] = None) -> str:
   """The human-readable plan."""
   g = lambda n: f'{p[n] / GIB:9.3f} GiB {p[n] / 2**20:12.1f} MiB'
+  if p['device_memory_gib'] is None:
+    verdict = ('fits: no target memory (set DEVICE_MEMORY_GIB with a gin/partitioning/ target '
+               'file, or --device_memory_gib)')
+  else:
+    verdict = (f"fits {p['device_memory_gib']:g} GiB/device{f' ({target})' if target else ''}: "
+               f"{'yes' if p['fits'] else 'NO'}")
   lines = [
       f'== {title}',
       f"mesh               data={p['mesh']['data']} x model={p['mesh']['model']} "
@@ -206,8 +292,7 @@ def format_plan(title: str, p: Mapping[str, Any]) -> str:
       f"  temporaries      {g('temporaries')}",
       f"  generated code   {g('generated_code')}",
       f"  peak             {g('peak')}",
-      f"fits {p['device_memory_gib']:g} GiB/device: {'yes' if p['fits'] else 'NO'}"
-      f"   (compiled in {p['compile_seconds']} s)",
+      f"{verdict}   (compiled in {p['compile_seconds']} s; program {p['fingerprint']})",
   ]
   return '\n'.join(lines)
 
@@ -216,18 +301,36 @@ def format_plan(title: str, p: Mapping[str, Any]) -> str:
 def plan(*, model_config: T5Config = gin.REQUIRED, method: Any = gin.REQUIRED,
          optimizer: Any = gin.REQUIRED, trainable_rules: Sequence[str] = PROMPT_ONLY,
          batch_size: int = 32, task_feature_lengths: Mapping[str, int] = None,
-         partitioning: Optional[pt.PartitionConfig] = None, label_smoothing: float = 0.0,
-         z_loss: float = 0.0, device_memory_gib: float = 16.0, full_tuning: bool = True,
-         scan_layers: Optional[bool] = True) -> List[Dict[str, Any]]:
-  """Plans the configured run and (with `full_tuning`) the same run training everything."""
+         partitioning: Optional[pt.PartitionConfig] = None,
+         initial_checkpoint_path: Optional[str] = None, label_smoothing: float = 0.0,
+         z_loss: float = 0.0, device_memory_gib: Optional[float] = None,
+         target: Optional[str] = None, full_tuning: bool = True) -> List[Dict[str, Any]]:
+  """Plans the configured run and (with `full_tuning`) the same run training everything.
+
+  Every argument but the last three is `jaxpt.train`'s (inherited from its gin
+  bindings by `jaxpt plan`); the model is the one `jaxpt train` builds
+  (`train_model`). `device_memory_gib` / `target`: the target's memory per
+  device and its name (DEVICE_MEMORY_GIB / TARGET of gin/partitioning/*.gin);
+  None: this device's own limit on a GPU/TPU, no verdict on CPU.
+  """
   lengths = dict(task_feature_lengths or {'inputs': 512, 'targets': 8})
-  partitioning = partitioning or pt.PartitionConfig()
-  config = model_config if scan_layers is None else model_config.replace(scan_layers=scan_layers)
-  model = prompted_model(config, method, label_smoothing=label_smoothing, z_loss=z_loss)
+  model = train_model(model_config, method, initial_checkpoint_path,
+                      label_smoothing=label_smoothing, z_loss=z_loss)
+  config = model.config
+  if partitioning is None:
+    print('note: no PARTITIONING (add a gin/partitioning/ file): `jaxpt train` then runs the '
+          'unpartitioned jit step; planned here as data parallel over all devices', flush=True)
+    partitioning = pt.PartitionConfig()
+  if device_memory_gib is None:
+    device_memory_gib = device_memory_limit_gib()
+    if device_memory_gib is not None:
+      target = target or f'this {jax.devices()[0].device_kind}'
   print(f'planning {config.num_encoder_layers}+{config.num_decoder_layers} layers, '
-        f'd_model {config.emb_dim}, dtype {config.dtype}, remat {config.remat_policy}, '
-        f'scan_layers {config.scan_layers}; batch {batch_size} x inputs {lengths["inputs"]} '
-        f'(prompt {method.prompt_length}) / targets {lengths["targets"]}',
+        f'd_model {config.emb_dim}, dtype {config.dtype}, params {config.param_dtype}, '
+        f'remat {config.remat_policy}, scan_layers {config.scan_layers}'
+        f'{" (as jaxpt train runs a checkpoint)" if initial_checkpoint_path else ""}; '
+        f'batch {batch_size} x inputs {lengths["inputs"]} (prompt {method.prompt_length}) / '
+        f'targets {lengths["targets"]}; z_loss {z_loss:g}, label_smoothing {label_smoothing:g}',
         flush=True)
   runs = [('configured run', tuple(trainable_rules))]
   if full_tuning and tuple(trainable_rules) != EVERYTHING:
@@ -236,14 +339,27 @@ def plan(*, model_config: T5Config = gin.REQUIRED, method: Any = gin.REQUIRED,
   for title, rules in runs:
     p = plan_step(model, optimizer, rules, batch_size, lengths['inputs'], lengths['targets'],
                   partitioning, device_memory_gib=device_memory_gib)
-    p['title'] = title
-    print(format_plan(title, p), flush=True)
+    p['title'], p['target'] = title, target
+    print(format_plan(title, p, target), flush=True)
     plans.append(p)
   if len(plans) == 2:
     saved = plans[1]['peak'] - plans[0]['peak']
     print(f'prompt-only training saves {saved / GIB:.3f} GiB per device '
           f'({plans[0]["peak"] / GIB:.3f} vs {plans[1]["peak"] / GIB:.3f} GiB peak)', flush=True)
   return plans
+
+
+def train_model(model_config: T5Config, method: Any, initial_checkpoint_path: Optional[str],
+                *, label_smoothing: float = 0.0, z_loss: float = 0.0) -> PromptedModel:
+  """The prompted model `jaxpt train` builds from these gin settings, without any weight.
+
+  With a checkpoint, `jaxpt train` runs the checkpoint's config with the run
+  settings of `jaxpt.cli.runs.run_config`; the checkpoint's shapes are taken to
+  be MODEL_CONFIG's (`jaxpt train` checks d_model and fails on a mismatch).
+  """
+  from jaxpt.cli.runs import run_config
+  config = run_config(model_config, model_config) if initial_checkpoint_path else model_config
+  return prompted_model(config, method, label_smoothing=label_smoothing, z_loss=z_loss)
 
 
 def run(args: argparse.Namespace, bindings: List[str], argv: List[str]) -> int:
@@ -265,8 +381,10 @@ def run(args: argparse.Namespace, bindings: List[str], argv: List[str]) -> int:
   search = [p for p in args.gin_search_paths.split(',') if p]
   gin_flags.parse(args.gin_file, bindings, search)
   _inherit_bindings()
-  plans = plan(device_memory_gib=args.device_memory_gib, full_tuning=not args.no_full_tuning,
-               scan_layers=None if args.no_scan_layers else True)
+  overrides = {}
+  if args.device_memory_gib is not None:
+    overrides = {'device_memory_gib': args.device_memory_gib, 'target': None}
+  plans = plan(full_tuning=not args.no_full_tuning, **overrides)
   if args.json:
     with open(args.json, 'w') as f:
       json.dump(plans, f, indent=1)

@@ -52,6 +52,21 @@ def _writable_dir(path: Optional[str], what: str = 'MODEL_DIR') -> str:
   return path
 
 
+def run_config(checkpoint_config: T5Config, model_config: Optional[T5Config]) -> T5Config:
+  """The config a run gives a checkpoint's backbone: its shapes, gin's run settings.
+
+  MODEL_CONFIG's dtype, remat policy and dropout; layers unscanned (the
+  checkpoint readers give per-layer weights). What `_backbone` does to a
+  loaded checkpoint, and what `jaxpt plan` (`jaxpt.cli.plan.train_model`) plans
+  for one: tests/test_plan.py checks that the two agree.
+  """
+  if model_config is None:
+    return checkpoint_config
+  return checkpoint_config.replace(
+      dtype=model_config.dtype, scan_layers=False, remat_policy=model_config.remat_policy,
+      dropout_rate=model_config.dropout_rate)
+
+
 def _backbone(initial_checkpoint_path: Optional[str], model_config: Optional[T5Config],
               seed: int, partitioning: Optional[Any] = None,
               frozen_dtype: Optional[str] = None) -> jaxpt.Model:
