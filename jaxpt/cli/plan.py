@@ -66,7 +66,8 @@ _INHERITED = {'model_config': 'MODEL_CONFIG', 'method': 'METHOD', 'optimizer': '
               'trainable_rules': 'TRAINABLE_RULES', 'batch_size': 'BATCH_SIZE',
               'task_feature_lengths': 'TASK_FEATURE_LENGTHS', 'partitioning': 'PARTITIONING',
               'initial_checkpoint_path': 'INITIAL_CHECKPOINT_PATH',
-              'label_smoothing': 'LABEL_SMOOTHING', 'z_loss': 'Z_LOSS'}
+              'label_smoothing': 'LABEL_SMOOTHING', 'z_loss': 'Z_LOSS',
+              'frozen_dtype': 'FROZEN_DTYPE'}
 # The features of a `jaxpt train` batch (jaxpt.data.seqio_batches.TrainBatches: SeqIO's
 # EncDecFeatureConverter, int32) that the step sees.
 BATCH_FEATURES = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens',
@@ -304,18 +305,21 @@ def plan(*, model_config: T5Config = gin.REQUIRED, method: Any = gin.REQUIRED,
          partitioning: Optional[pt.PartitionConfig] = None,
          initial_checkpoint_path: Optional[str] = None, label_smoothing: float = 0.0,
          z_loss: float = 0.0, device_memory_gib: Optional[float] = None,
-         target: Optional[str] = None, full_tuning: bool = True) -> List[Dict[str, Any]]:
+         target: Optional[str] = None, full_tuning: bool = True,
+         frozen_dtype: Optional[str] = None) -> List[Dict[str, Any]]:
   """Plans the configured run and (with `full_tuning`) the same run training everything.
 
-  Every argument but the last three is `jaxpt.train`'s (inherited from its gin
-  bindings by `jaxpt plan`); the model is the one `jaxpt train` builds
-  (`train_model`). `device_memory_gib` / `target`: the target's memory per
+  Every argument but `device_memory_gib`, `target` and `full_tuning` is
+  `jaxpt.train`'s (inherited from its gin bindings by `jaxpt plan`); the model is
+  the one `jaxpt train` builds (`train_model`: FROZEN_DTYPE applies when the
+  trainable rules leave the backbone frozen, so full model tuning plans float32). `device_memory_gib` / `target`: the target's memory per
   device and its name (DEVICE_MEMORY_GIB / TARGET of gin/partitioning/*.gin);
   None: this device's own limit on a GPU/TPU, no verdict on CPU.
   """
   lengths = dict(task_feature_lengths or {'inputs': 512, 'targets': 8})
   model = train_model(model_config, method, initial_checkpoint_path,
-                      label_smoothing=label_smoothing, z_loss=z_loss)
+                      label_smoothing=label_smoothing, z_loss=z_loss, frozen_dtype=frozen_dtype,
+                      trainable_rules=trainable_rules)
   config = model.config
   if partitioning is None:
     print('note: no PARTITIONING (add a gin/partitioning/ file): `jaxpt train` then runs the '
@@ -337,8 +341,11 @@ def plan(*, model_config: T5Config = gin.REQUIRED, method: Any = gin.REQUIRED,
     runs.append(('full model tuning (trainable rule "everything")', EVERYTHING))
   plans = []
   for title, rules in runs:
-    p = plan_step(model, optimizer, rules, batch_size, lengths['inputs'], lengths['targets'],
-                  partitioning, device_memory_gib=device_memory_gib)
+    run_model = train_model(model_config, method, initial_checkpoint_path,
+                            label_smoothing=label_smoothing, z_loss=z_loss,
+                            frozen_dtype=frozen_dtype, trainable_rules=rules)
+    p = plan_step(run_model, optimizer, rules, batch_size, lengths['inputs'],
+                  lengths['targets'], partitioning, device_memory_gib=device_memory_gib)
     p['title'], p['target'] = title, target
     print(format_plan(title, p, target), flush=True)
     plans.append(p)
@@ -350,15 +357,20 @@ def plan(*, model_config: T5Config = gin.REQUIRED, method: Any = gin.REQUIRED,
 
 
 def train_model(model_config: T5Config, method: Any, initial_checkpoint_path: Optional[str],
-                *, label_smoothing: float = 0.0, z_loss: float = 0.0) -> PromptedModel:
+                *, label_smoothing: float = 0.0, z_loss: float = 0.0,
+                frozen_dtype: Optional[str] = None,
+                trainable_rules: Sequence[str] = PROMPT_ONLY) -> PromptedModel:
   """The prompted model `jaxpt train` builds from these gin settings, without any weight.
 
-  With a checkpoint, `jaxpt train` runs the checkpoint's config with the run
-  settings of `jaxpt.cli.runs.run_config`; the checkpoint's shapes are taken to
-  be MODEL_CONFIG's (`jaxpt train` checks d_model and fails on a mismatch).
+  The backbone config is `jaxpt.cli.runs.run_config`'s, as `jaxpt train` builds it
+  (gin's run settings; the frozen dtype when the trainable rules leave the whole
+  backbone frozen); a checkpoint's shapes are taken to be MODEL_CONFIG's
+  (`jaxpt train` refuses a checkpoint of another structure).
   """
-  from jaxpt.cli.runs import run_config
-  config = run_config(model_config, model_config) if initial_checkpoint_path else model_config
+  from jaxpt.cli.runs import _backbone_frozen, run_config
+  frozen = frozen_dtype if _backbone_frozen(trainable_rules, model_config) else None
+  del initial_checkpoint_path  # same config either way: run_config of MODEL_CONFIG's shapes
+  config = run_config(model_config, model_config, frozen)
   return prompted_model(config, method, label_smoothing=label_smoothing, z_loss=z_loss)
 
 

@@ -52,19 +52,42 @@ def _writable_dir(path: Optional[str], what: str = 'MODEL_DIR') -> str:
   return path
 
 
-def run_config(checkpoint_config: T5Config, model_config: Optional[T5Config]) -> T5Config:
-  """The config a run gives a checkpoint's backbone: its shapes, gin's run settings.
+def _run_overrides(model_config: Optional[T5Config], frozen_dtype: Optional[str]
+                   ) -> Dict[str, Any]:
+  """The config fields a run sets on its backbone: gin's run settings, the frozen dtype."""
+  overrides: Dict[str, Any] = {}
+  if model_config is not None:
+    overrides.update(dtype=model_config.dtype, scan_layers=model_config.scan_layers,
+                     remat_policy=model_config.remat_policy,
+                     dropout_rate=model_config.dropout_rate)
+  if frozen_dtype is not None:
+    overrides['param_dtype'] = frozen_dtype
+  return overrides
 
-  MODEL_CONFIG's dtype, remat policy and dropout; layers unscanned (the
-  checkpoint readers give per-layer weights). What `_backbone` does to a
-  loaded checkpoint, and what `jaxpt plan` (`jaxpt.cli.plan.train_model`) plans
-  for one: tests/test_plan.py checks that the two agree.
+
+def run_config(base_config: T5Config, model_config: Optional[T5Config],
+               frozen_dtype: Optional[str] = None) -> T5Config:
+  """The config a run gives its backbone: the checkpoint's (or MODEL_CONFIG's) shapes with
+  gin's run settings (dtype, scan_layers, remat, dropout) and the frozen weights' dtype.
+
+  What `_backbone` builds, and what `jaxpt plan` (`jaxpt.cli.plan.train_model`) plans:
+  tests/test_plan.py checks that the two agree.
   """
-  if model_config is None:
-    return checkpoint_config
-  return checkpoint_config.replace(
-      dtype=model_config.dtype, scan_layers=False, remat_policy=model_config.remat_policy,
-      dropout_rate=model_config.dropout_rate)
+  return base_config.replace(**_run_overrides(model_config, frozen_dtype))
+
+
+# The checkpoint's structure must be the one the model gin asks for.
+_STRUCTURE = ('emb_dim', 'num_heads', 'head_dim', 'mlp_dim', 'num_encoder_layers',
+              'num_decoder_layers', 'vocab_size', 'logits_via_embedding', 'mlp_activations')
+
+
+def _check_structure(found: T5Config, wanted: T5Config, path: str) -> None:
+  diff = [f'{k} {getattr(found, k)!r} (gin: {getattr(wanted, k)!r})' for k in _STRUCTURE
+          if getattr(found, k) != getattr(wanted, k)]
+  if diff:
+    raise ValueError(f'the checkpoint {path} does not have the structure MODEL_CONFIG asks for: '
+                     f'{"; ".join(diff)}. Use the model gin of this checkpoint, or check that '
+                     f'the checkpoint is complete')
 
 
 def _backbone(initial_checkpoint_path: Optional[str], model_config: Optional[T5Config],
@@ -75,27 +98,21 @@ def _backbone(initial_checkpoint_path: Optional[str], model_config: Optional[T5C
   With `partitioning` every leaf is read straight into its sharding (no device gets a
   whole leaf); `model_config.scan_layers` stacks the checkpoint's layers while reading;
   `frozen_dtype` (e.g. 'bfloat16') stores the weights in that dtype (the caller passes it
-  only when the whole backbone is frozen).
+  only when the whole backbone is frozen). A checkpoint whose structure (layers, widths,
+  heads, vocabulary, tying, activation) differs from MODEL_CONFIG's is refused.
   """
-  overrides: Dict[str, Any] = {}
-  if frozen_dtype is not None:
-    overrides['param_dtype'] = frozen_dtype
+  overrides = _run_overrides(model_config, frozen_dtype)
   if initial_checkpoint_path:
-    if model_config is not None:  # run settings (dtype, scan, remat, dropout) from gin
-      overrides.update(dtype=model_config.dtype, scan_layers=model_config.scan_layers,
-                       remat_policy=model_config.remat_policy,
-                       dropout_rate=model_config.dropout_rate)
     model = jaxpt.load_model(initial_checkpoint_path, partitioning=partitioning, **overrides)
-    if model_config is not None and model_config.emb_dim != model.config.emb_dim:
-      raise ValueError(f'MODEL_CONFIG (d_model {model_config.emb_dim}) does not match the '
-                       f'checkpoint {initial_checkpoint_path} (d_model {model.config.emb_dim})')
+    if model_config is not None:
+      _check_structure(model.config, model_config, initial_checkpoint_path)
     return model
   if model_config is None:
     raise ValueError('set INITIAL_CHECKPOINT_PATH (a T5 checkpoint) or MODEL_CONFIG '
                      '(a model gin file such as models/t5_1_1/tiny.gin)')
   print(f'WARNING: INITIAL_CHECKPOINT_PATH is not set: the backbone is a RANDOMLY '
         f'initialized T5 (seed {seed}), not a pretrained one.', flush=True)
-  config = model_config.replace(**overrides)
+  config = run_config(model_config, model_config, frozen_dtype)
   if partitioning is not None:  # initialized in place, each device computing its shards
     from jaxpt.partitioning import param_shardings
     shardings = param_shardings(config, partitioning.mesh(), partitioning.rules())
