@@ -228,3 +228,23 @@ def test_corrupt_checkpoint_raises_checkpoint_error(setup, tmp_path):
   with TrainCheckpointer(tmp_path, keep_checkpoints=1) as ckpt:
     with pytest.raises(CheckpointError, match=str(tmp_path)):
       ckpt.restore(like=like)
+
+
+def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_one(setup, tmp_path, capsys):
+  _, _, _, method_params = setup
+  like = init_state({'method': method_params}, optax.sgd(0.1))
+  later = like.replace(step=like.step + 2)
+  with TrainCheckpointer(tmp_path, keep_checkpoints=3, async_save=False) as ckpt:
+    ckpt.save(1, like, 1, jax.random.key(0))
+    ckpt.save(2, later, 2, jax.random.key(0))
+  for root, _, files in os.walk(tmp_path / '2' / 'state'):  # cut step 2 short
+    for name in files:
+      if 'ocdbt' in root or name.startswith('manifest'):
+        with open(os.path.join(root, name), 'wb') as f:
+          f.write(b'')
+  with TrainCheckpointer(tmp_path, keep_checkpoints=3) as ckpt:
+    restored = ckpt.restore(like=like)
+  assert restored.step == 1 and restored.data_position == 1
+  warning = [line for line in capsys.readouterr().out.splitlines() if 'WARNING' in line]
+  assert len(warning) == 1 and str(tmp_path / '2') in warning[0]
+  assert len(warning[0]) < 600  # one line, not Orbax's dump

@@ -174,27 +174,43 @@ class TrainCheckpointer:
                        metrics=metrics, force=True)
 
   def restore(self, step: Optional[int] = None, *, like: Any) -> Restored:
-    """Restores checkpoint `step` (default: the latest) into `like`'s structure.
+    """Restores checkpoint `step`, or the latest one that can be read, into `like`'s structure.
 
     Args:
-      step: which step; None for the latest.
+      step: which step; None for the latest complete one: a checkpoint that
+        cannot be read (cut short by a crash, a full disk) is skipped with a
+        warning naming it, and the one before it is restored.
       like: a train state (`jaxpt.train.step.TrainState`) with the same tree,
-        shapes and dtypes (arrays or
-        ShapeDtypeStructs); restored arrays take its shardings.
+        shapes and dtypes (arrays or ShapeDtypeStructs); restored arrays take
+        its shardings.
 
     Raises:
-      CheckpointError: no checkpoint, or one that cannot be read (naming the
-        step directory).
+      CheckpointError: no checkpoint, or none that can be read (naming each
+        step directory and why).
     """
-    ocp = self._ocp
     self._manager.wait_until_finished()
-    if step is None:
-      step = self.latest_step()
-      if step is None:
-        raise CheckpointError(f'{self.directory}: no training checkpoint to restore')
-    if step not in self.all_steps():
-      raise CheckpointError(f'{self.directory}: no checkpoint for step {step}; found '
-                            f'{self.all_steps()}')
+    steps = self.all_steps()
+    if not steps:
+      raise CheckpointError(f'{self.directory}: no training checkpoint to restore')
+    if step is not None:
+      if step not in steps:
+        raise CheckpointError(f'{self.directory}: no checkpoint for step {step}; found {steps}')
+      return self._restore(step, like)
+    errors = []
+    for candidate in sorted(steps, reverse=True):
+      try:
+        restored = self._restore(candidate, like)
+      except CheckpointError as e:
+        errors.append(str(e))
+        logging.warning('%s; trying the checkpoint before it', e)
+        print(f'WARNING: {e}; trying the checkpoint before it', flush=True)
+        continue
+      return restored
+    raise CheckpointError(f'{self.directory}: no training checkpoint can be read: '
+                          + ' | '.join(errors))
+
+  def _restore(self, step: int, like: Any) -> Restored:
+    ocp = self._ocp
     target = {'step': like.step, 'trainable': like.trainable, 'opt_state': like.opt_state}
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     where = self.step_directory(step)
@@ -205,8 +221,9 @@ class TrainCheckpointer:
       rng = _key_from_json(progress['rng'])
       data_position = int(progress['data_position'])
     except Exception as e:  # orbax / tensorstore raise many types for bad files
+      first_line = (str(e).strip().splitlines() or [''])[0][:300]
       raise CheckpointError(f'{where}: could not restore the training checkpoint: '
-                            f'{type(e).__name__}: {e}') from e
+                            f'{type(e).__name__}: {first_line}') from e
     state = like.replace(step=tree['step'], trainable=tree['trainable'],
                          opt_state=tree['opt_state'])
     return Restored(state=state, data_position=data_position, rng=rng, step=int(step))
