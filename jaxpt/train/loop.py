@@ -269,10 +269,10 @@ def train(model: PromptedModel, backbone_params: Any, method_params: Any,
                                      async_save=async_checkpoints)
     latest = checkpointer.latest_step()
     if latest is not None:
-      restored = checkpointer.restore(latest, like=state)
+      restored = checkpointer.restore(like=state)  # the latest that can be read
       state, data_position, rng = restored.state, restored.data_position, restored.rng
       start = resumed_from = restored.step
-      say(f'resuming from {checkpointer.step_directory(latest)} (step {start}, data position '
+      say(f'resuming from {checkpointer.step_directory(start)} (step {start}, data position '
           f'{data_position})')
     metrics_path = os.path.join(model_dir, METRICS_FILE)
     _truncate_metrics(metrics_path, start)
