@@ -370,6 +370,9 @@ def train(model: PromptedModel, backbone_params: Any, method_params: Any,
       if do_save:
         checkpointer.save(s, state, data_position, rng, metrics=eval_metrics)
         if backbone is not None:
+          # The exported prompt never runs ahead of the committed training checkpoint (a
+          # prompt-only state is small, so waiting for it costs little).
+          checkpointer.wait()
           method_now = state.trainable['method']
           prompts.save_prompt(os.path.join(model_dir, PROMPT_DIR), method, method_now, backbone,
                               step=s, metrics=eval_metrics)
