@@ -234,12 +234,16 @@ def load_model(path: str, prompt: Optional[str] = None, *, partitioning: Any = N
   if prompt is not None:
     import dataclasses
     prompt = os.fspath(prompt)
-    if os.path.isfile(os.path.join(prompt, 'adapter_config.json')):
-      from jaxpt.checkpoints.peft import import_peft
+    from jaxpt.checkpoints import peft
+    if os.path.isfile(os.path.join(prompt, peft.CONFIG_FILE)):
       try:
-        method, method_params = import_peft(prompt, model.config)
+        method, method_params = peft.import_peft(prompt, model.config)
       except (OSError, ValueError) as e:
         raise CheckpointError(f'{prompt}: could not attach the peft adapter: {e}') from e
+      peft.check_backbone(prompt, model)
+    elif os.path.isfile(os.path.join(prompt, peft.PROVENANCE_FILE)):
+      raise CheckpointError(f'{prompt}: a jaxpt peft export without its {peft.CONFIG_FILE} '
+                            f'(the adapter is incomplete)')
     else:
       from jaxpt.checkpoints.prompts import load_prompt
       method, method_params, _ = load_prompt(prompt, model)

@@ -36,6 +36,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpt.checkpoints.errors import CheckpointError
+from jaxpt.checkpoints.prompts import fingerprint, same_backbone
 from jaxpt.methods.multitask import MultitaskPromptTuning
 from jaxpt.methods.prefix import PrefixTuning
 from jaxpt.methods.prompt import PromptTuning
@@ -323,6 +325,8 @@ def export_peft(model: Any, method: Any, method_params: Dict[str, Any], director
                  **hyperparameters(method)},
       'backbone_config': config.to_dict(),
       'backbone_source': getattr(model, 'source', '') or None,
+      'backbone_fingerprint': (fingerprint(model.params) if getattr(model, 'params', None)
+                               is not None else None),
   }
   with open(os.path.join(directory, PROVENANCE_FILE), 'w') as f:
     json.dump(provenance, f, indent=2, sort_keys=True)
@@ -340,8 +344,11 @@ def _read_tensor(directory: str) -> Tuple[np.ndarray, str]:
     try:
       from safetensors.numpy import load_file
       tensors = load_file(path)
-    except (TypeError, ValueError):  # e.g. bfloat16, which numpy cannot hold
-      from safetensors.torch import load_file as torch_load_file
+    except Exception as e:  # pylint: disable=broad-except  (safetensors raises its own type)
+      if 'bfloat16' not in str(e) and 'BF16' not in str(e):
+        raise CheckpointError(f'{path}: cannot read the adapter tensors (truncated or not a '
+                              f'safetensors file): {e}') from None
+      from safetensors.torch import load_file as torch_load_file  # bf16: numpy cannot hold it
       tensors = {k: v.float().numpy() for k, v in torch_load_file(path).items()}
   elif os.path.isfile(bin_path):
     import torch  # only for pickled adapters
@@ -389,8 +396,14 @@ def import_peft(directory: str, config: T5Config) -> Tuple[Any, Dict[str, Any]]:
     found = sorted(os.listdir(directory))[:10] if os.path.isdir(directory) else 'nothing'
     raise FileNotFoundError(f'{config_path}: not found (a peft adapter directory holds '
                             f'{CONFIG_FILE}; found {found})')
-  with open(config_path) as f:
-    peft_config = json.load(f)
+  try:
+    with open(config_path) as f:
+      peft_config = json.load(f)
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f'{config_path}: not valid JSON ({e.msg} at line {e.lineno})') from None
+  if not isinstance(peft_config, dict):
+    raise CheckpointError(f'{config_path}: expected a JSON object, got '
+                          f'{type(peft_config).__name__}')
   peft_type = peft_config.get('peft_type')
   if peft_type not in PROMPT_TYPES + (PREFIX_TYPE,):
     raise ValueError(f'{config_path}: peft_type {peft_type!r} is not supported; jaxpt imports '
@@ -455,3 +468,27 @@ def attach(model: Any, method: Any, method_params: Dict[str, Any]) -> Any:
 def load_peft(model: Any, directory: str) -> Any:
   """`model` with the peft adapter in `directory` attached (import_peft + attach)."""
   return attach(model, *import_peft(directory, model.config))
+
+
+def check_backbone(directory: str, model: Any) -> None:
+  """Refuses an adapter whose recorded backbone is not `model`'s.
+
+  jaxpt's exports record the backbone's fingerprint beside the adapter
+  (`jaxpt_peft_export.json`); adapters from elsewhere carry no identity, so only
+  their sizes are checked (by `import_peft`).
+  """
+  path = os.path.join(os.fspath(directory), PROVENANCE_FILE)
+  if not os.path.isfile(path):
+    return
+  try:
+    with open(path) as f:
+      recorded = json.load(f).get('backbone_fingerprint')
+  except (json.JSONDecodeError, AttributeError) as e:
+    raise CheckpointError(f'{path}: not a jaxpt export record: {e}') from None
+  if not recorded:
+    return
+  same, have = same_backbone(recorded, model.params)
+  if not same:
+    raise CheckpointError(f'{path}: this adapter was exported from a backbone with fingerprint '
+                          f'{recorded}; the model it is being attached to has {have}. A prompt '
+                          f'only works on the backbone it was trained on')
