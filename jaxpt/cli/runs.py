@@ -219,6 +219,8 @@ def _task_data(task_name: str, eval_split: Optional[str],
   evaluate = None
   if eval_split:
     examples = read_eval(task_name, lengths, eval_split, eval_examples)
+    _report_truncation(f'{task_name} {eval_split}', examples['input_texts'], vocab,
+                       lengths['inputs'])
     evaluate = lambda model, params: score_split(model, params, task_name, examples)['metrics']
   return _RunData(TrainBatches(task_name, lengths, batch_size, seed=seed),
                   lambda text: list(vocab.encode(text)), getattr(vocab, 'vocab_size', None),
