@@ -120,11 +120,16 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           eval_examples: Optional[int] = None, best_metric: Optional[str] = None,
           checkpoint_every: int = 1000, keep_checkpoints: int = 3, log_every: int = 100,
           label_smoothing: float = 0.0, z_loss: float = 0.0,
-          partitioning: Optional[Any] = None) -> Dict[str, Any]:
+          partitioning: Optional[Any] = None,
+          data_shards: Optional[int] = None) -> Dict[str, Any]:
   """Tunes `method` on a frozen backbone; see gin/runs/train.gin for the macros.
 
   `partitioning` (a `jaxpt.partitioning.PartitionConfig`, bound by
   gin/partitioning/*.gin) shards the run over a ('data', 'model') mesh.
+  `batch_size` is the global batch; on several processes (`jax.distributed`)
+  each reads only its `batch_size / processes` rows, from its own SeqIO shards
+  (`data_shards` of them in all, default one per process; fix it to get the same
+  batches, and losses, on any number of processes).
   """
   from jaxpt.data.seqio_batches import TrainBatches, eval_examples as read_eval
   from jaxpt.train.loop import train as train_loop
@@ -132,13 +137,20 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   _check_placement(method)
   model_dir = _writable_dir(model_dir)
   task, lengths = _task_setup(mixture_or_task_name, task_feature_lengths, method.prompt_length)
-  with open(os.path.join(model_dir, CONFIG_FILE), 'w') as f:
-    f.write(gin.config_str())
+  main_process = jax.process_index() == 0  # writes the files besides Orbax's checkpoints
+  if main_process:
+    with open(os.path.join(model_dir, CONFIG_FILE), 'w') as f:
+      f.write(gin.config_str())
   model = _backbone(initial_checkpoint_path, model_config, seed)
   prompted = prompted_model(model.config, method, label_smoothing=label_smoothing, z_loss=z_loss)
   method_params = method.init(jax.random.key(seed + 1), Backbone(
       model.config, model.params['token_embedder']['embedding'], _vocabulary_encoder(task)))
-  batches = TrainBatches(mixture_or_task_name, lengths, batch_size, seed=seed)
+  batches = TrainBatches(mixture_or_task_name, lengths, batch_size, seed=seed,
+                         num_shards=data_shards)
+  if jax.process_count() > 1:
+    print(f'data: process {jax.process_index()} of {jax.process_count()} reads data shards '
+          f'{list(batches.shards)} of {batches.num_shards}: {batch_size // jax.process_count()} '
+          f'of the {batch_size} rows of each batch', flush=True)
 
   eval_fn = None
   if eval_split and eval_every:
@@ -150,6 +162,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
 
   def on_metrics(record: Dict[str, Any]) -> None:
     split = record.get('split', 'train')
+    if not main_process:
+      return
     if split not in writers:
       writers[split] = _tensorboard_writer(os.path.join(model_dir, split))
     _write_scalars(writers[split], int(record['step']), record)
@@ -161,9 +175,14 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       eval_fn=eval_fn, eval_every=eval_every, best_metric=best_metric,
       log_every=log_every, on_metrics=on_metrics, backbone_source=model.source,
       partitioning=partitioning)
-  with open(os.path.join(model_dir, OPERATIVE_CONFIG_FILE), 'w') as f:
-    f.write(gin.operative_config_str())
+  if main_process:
+    with open(os.path.join(model_dir, OPERATIVE_CONFIG_FILE), 'w') as f:
+      f.write(gin.operative_config_str())
   if 'backbone' in partition(result.params, trainable_rules)[0]:  # the backbone was tuned
+    if jax.process_count() > 1:
+      raise NotImplementedError('writing the tuned backbone of a multi-process run is not '
+                                'supported yet; its training checkpoints are in '
+                                f'{model_dir}/checkpoints')
     jaxpt.save_model(jaxpt.Model(model.config, result.params['backbone'],
                                  source=f'{model_dir} step {result.step}'),
                      os.path.join(model_dir, TUNED_MODEL_DIR))
