@@ -226,3 +226,86 @@ def test_two_processes_train_like_one(tmp_path):
   diff_before_kill = max(abs(first[s] - expected[s]) for s in first if s in expected)
   print(f'steps 1..{last + 2}: max |loss(2 processes) - loss(1 process)| = {diff:.2e}')
   assert diff < 1e-5 and diff_before_kill < 1e-5
+
+
+# -------------------------------------------------- distillation under partitioning (item 6)
+
+
+def _distillation_scenario() -> dict:
+  """MPT with distillation from stacked teachers: 1 device vs 8 devices partitioned."""
+  import jax
+  from jax.sharding import NamedSharding
+
+  from jaxpt.data.toy import multi_task_batch
+  from jaxpt.methods import Backbone, MultitaskPromptTuning
+  from jaxpt.methods.multitask import stack_teachers
+  from jaxpt.models.config import preset
+  from jaxpt.models.t5 import init_params
+  from jaxpt.partitioning import PartitionConfig, params_shardings
+  from jaxpt.prompted.base import prompted_model
+  from jaxpt.train.distill import Distillation
+  from jaxpt.train.loop import train
+  from jaxpt.train.optim import make_optimizer
+
+  assert jax.device_count() == 8
+  config = preset('t5_1_1', 'tiny', vocab_size=64, num_heads=4, head_dim=8, mlp_dim=32,
+                  emb_dim=16)
+  backbone = init_params(config, jax.random.key(0))
+  method = MultitaskPromptTuning(length=4, num_tasks=4, rank=1, initializer='uniform')
+  params = method.init(jax.random.key(1), Backbone(config, backbone['token_embedder']['embedding']))
+  teacher, teacher_params = stack_teachers(
+      [np.asarray(jax.random.uniform(jax.random.key(10 + k), (4, 16))) for k in range(4)])
+  model = prompted_model(config, method)
+  distill = Distillation(teacher, kl_weight=0.5, hidden_weight=1.0)
+  batches = lambda k: multi_task_batch(8, seed=k, num_tasks=4, length=6)[0]
+
+  def run(partitioning):
+    result = train(model, backbone, params, batches,
+                   optimizer=make_optimizer('adamw', 1e-2, weight_decay=0.0), num_steps=3,
+                   rng=jax.random.key(0), print_fn=None, log_every=1,
+                   distillation=distill, teacher_params=teacher_params,
+                   partitioning=partitioning)
+    rows = [h for h in result.history if h['split'] == 'train']
+    return {k: [h[k] for h in rows] for k in ('loss', 'kl', 'hidden_mse', 'task_loss')}, result
+
+  plain, _ = run(None)
+  out = {'plain': plain}
+  for partitions in (1, 2, 4):
+    got, result = run(PartitionConfig(num_partitions=partitions))
+    config_ = PartitionConfig(num_partitions=partitions)
+    expected = params_shardings(config, {'backbone': backbone, 'method': params,
+                                         'teacher': teacher_params},
+                                config_.mesh(), config_.rules())['teacher']
+    where = jax.tree.map(lambda x, s: isinstance(x.sharding, NamedSharding)
+                         and x.sharding.spec == s.spec and len(x.sharding.device_set) == 8,
+                         result.params['teacher'], expected)
+    out[f'model={partitions}'] = dict(got, teacher_placed=all(jax.tree.leaves(where)))
+  return out
+
+
+@pytest.fixture(scope='module')
+def distillation():
+  env = _env(8)
+  out = subprocess.run([sys.executable, str(pathlib.Path(__file__)), 'distillation'], env=env,
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, f'{out.stdout[-3000:]}\n{out.stderr[-6000:]}'
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_distillation_under_partitioning_equals_one_device(distillation):
+  plain = distillation.pop('plain')
+  assert plain['kl'][0] > 0 and plain['hidden_mse'][0] > 0
+  for name, got in distillation.items():
+    assert got.pop('teacher_placed'), name  # sharded like method params, over 8 devices
+    for key in ('loss', 'kl', 'hidden_mse', 'task_loss'):
+      np.testing.assert_allclose(got[key], plain[key], rtol=0, atol=1e-5, err_msg=f'{name} {key}')
+  diff = max(abs(a - b) for got in distillation.values() for key in got
+             for a, b in zip(got[key], plain[key]))
+  print(f'distillation: max |partitioned - one device| over loss, kl, hidden_mse, task_loss = '
+        f'{diff:.2e}')
+
+
+if __name__ == '__main__':
+  if sys.argv[1:] == ['distillation']:
+    print(json.dumps(_distillation_scenario()))
