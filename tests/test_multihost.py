@@ -129,7 +129,8 @@ def checkpoint_steps(model_dir: pathlib.Path):
 def test_each_process_reads_only_its_rows_of_the_global_batch():
   """TrainBatches on process p of 2 = rows p*B/2..(p+1)*B/2 of the 1-process global batch."""
   pytest.importorskip('seqio')
-  import tasks  # noqa: F401  (registers synthetic_two_class)
+  import tasks
+  tasks.get_task('synthetic_two_class')  # registers the SeqIO tasks
   from jaxpt.data.seqio_batches import TrainBatches, process_shards
 
   lengths = {'inputs': 32, 'targets': 4}
