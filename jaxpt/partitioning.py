@@ -360,18 +360,66 @@ def is_multihost_env(env: Optional[Mapping[str, str]] = None) -> bool:
   return len([h for h in env.get('TPU_WORKER_HOSTNAMES', '').split(',') if h]) > 1
 
 
+HEARTBEAT_TIMEOUT_S = 60
+"""Default seconds without a heartbeat before a process counts as dead (env JAXPT_HEARTBEAT_TIMEOUT)."""
+SHUTDOWN_TIMEOUT_S = 60
+"""Default seconds the exit barrier waits for the other processes (env JAXPT_SHUTDOWN_TIMEOUT)."""
+INITIALIZATION_TIMEOUT_S = 300
+"""Default seconds to wait for every process to join (env JAXPT_INITIALIZATION_TIMEOUT)."""
+
+
+def distributed_kwargs(env: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
+  """`jax.distributed.initialize` arguments from the environment.
+
+  JAX reads JAX_COORDINATOR_ADDRESS itself and detects TPU pods, SLURM and Open MPI;
+  for an explicit launch (several processes on one or more plain machines) set
+  JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES=n and JAX_PROCESS_ID=i.
+  The timeouts bound how long a process lives on after another one dies: the
+  coordination service declares a process dead after JAXPT_HEARTBEAT_TIMEOUT
+  seconds without a heartbeat and every survivor then exits with an error, and the
+  barrier at exit waits at most JAXPT_SHUTDOWN_TIMEOUT seconds.
+  """
+  env = os.environ if env is None else env
+  kwargs: Dict[str, Any] = {}
+  if env.get('JAX_COORDINATOR_ADDRESS'):
+    kwargs['coordinator_address'] = env['JAX_COORDINATOR_ADDRESS']
+  for name, key in (('JAX_NUM_PROCESSES', 'num_processes'), ('JAX_PROCESS_ID', 'process_id')):
+    if env.get(name, '') != '':
+      try:
+        kwargs[key] = int(env[name])
+      except ValueError:
+        raise ValueError(f'{name}={env[name]!r} is not an integer') from None
+  for name, key, default in (
+      ('JAXPT_HEARTBEAT_TIMEOUT', 'heartbeat_timeout_seconds', HEARTBEAT_TIMEOUT_S),
+      ('JAXPT_SHUTDOWN_TIMEOUT', 'shutdown_timeout_seconds', SHUTDOWN_TIMEOUT_S),
+      ('JAXPT_INITIALIZATION_TIMEOUT', 'initialization_timeout', INITIALIZATION_TIMEOUT_S)):
+    try:
+      kwargs[key] = int(env.get(name) or default)
+    except ValueError:
+      raise ValueError(f'{name}={env[name]!r} is not a number of seconds') from None
+  return kwargs
+
+
 def initialize_distributed(env: Optional[Mapping[str, str]] = None,
                            initialize: Optional[Callable[[], None]] = None) -> bool:
-  """Calls `jax.distributed.initialize()` when the environment says multi-host.
+  """Calls `jax.distributed.initialize(**distributed_kwargs(env))` when the environment
+  says multi-host (`is_multihost_env`).
 
-  Must run before any other JAX call. Returns whether it initialized.
+  Must run before any other JAX call. On CPU, the processes' collectives go
+  through gloo (unless JAX_CPU_COLLECTIVES_IMPLEMENTATION says otherwise).
+  Returns whether it initialized.
   """
   if not is_multihost_env(env):
     return False
   if initialize is None:
     if jax.distributed.is_initialized():
       return False
-    initialize = jax.distributed.initialize
+    environ = os.environ if env is None else env
+    if not environ.get('JAX_CPU_COLLECTIVES_IMPLEMENTATION'):
+      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    kwargs = distributed_kwargs(env)
+    _log.info('jax.distributed.initialize(%s)', kwargs)
+    initialize = lambda: jax.distributed.initialize(**kwargs)
   initialize()
   return True
 

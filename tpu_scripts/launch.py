@@ -11,7 +11,12 @@ Everything after `--` is the jaxpt command, passed word for word (quoted for the
 shell). Each worker runs it from the checkout (--remote_dir) under `setsid nohup` (or in a
 detached tmux session with --tmux), output to ~/jaxpt_logs/RUN_NAME.log, pid to RUN_NAME.pid.
 Multi-host setup is jaxpt's job: `jax.distributed.initialize()` reads the TPU environment,
-so every worker just runs the same command at the same time.
+so every worker just runs the same command at the same time (add --gin_file=partitioning/
+pjit.gin or a partitioning/xxl_*.gin). Outside a TPU pod, give each process
+--env JAX_COORDINATOR_ADDRESS=host:port --env JAX_NUM_PROCESSES=N --env JAX_PROCESS_ID=i
+(tests/test_multihost.py runs 2 such processes on one machine). When a worker dies the
+others exit with an error after JAXPT_HEARTBEAT_TIMEOUT seconds (default 60); restart the
+same command to resume from the last checkpoint.
 
   --stop             stops the run started last (or --run_name) on every worker
   --force            starts even if the previous run still holds the TPU

@@ -211,7 +211,8 @@ class _RunData(NamedTuple):
 
 def _task_data(task_name: str, eval_split: Optional[str],
                feature_lengths: Mapping[str, int], prompt_length: int, batch_size: int,
-               seed: int, eval_examples: Optional[int]) -> _RunData:
+               seed: int, eval_examples: Optional[int],
+               data_shards: Optional[int] = None) -> _RunData:
   from jaxpt.data.seqio_batches import TrainBatches, eval_examples as read_eval
 
   task, lengths = _task_setup(task_name, feature_lengths, prompt_length)
@@ -222,7 +223,12 @@ def _task_data(task_name: str, eval_split: Optional[str],
     _report_truncation(f'{task_name} {eval_split}', examples['input_texts'], vocab,
                        lengths['inputs'])
     evaluate = lambda model, params: score_split(model, params, task_name, examples)['metrics']
-  return _RunData(TrainBatches(task_name, lengths, batch_size, seed=seed),
+  batches = TrainBatches(task_name, lengths, batch_size, seed=seed, num_shards=data_shards)
+  if jax.process_count() > 1:
+    print(f'data: process {jax.process_index()} of {jax.process_count()} reads data shards '
+          f'{list(batches.shards)} of {batches.num_shards}: {batch_size // jax.process_count()} '
+          f'of the {batch_size} rows of each batch', flush=True)
+  return _RunData(batches,
                   lambda text: list(vocab.encode(text)), getattr(vocab, 'vocab_size', None),
                   evaluate)
 
@@ -304,7 +310,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: Optional[str] 
           validation_file: Optional[str] = None, input_template: Optional[str] = None,
           input_field: str = 'input', target_field: str = 'target',
           labels: Optional[Sequence[str]] = None,
-          start_fresh: bool = False, frozen_dtype: Optional[str] = None) -> Dict[str, Any]:
+          start_fresh: bool = False, frozen_dtype: Optional[str] = None,
+          data_shards: Optional[int] = None) -> Dict[str, Any]:
   """Tunes `method` on a frozen backbone; see gin/runs/train.gin for the macros.
 
   The data is a SeqIO task (`mixture_or_task_name`) or the user's own files
@@ -319,6 +326,10 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: Optional[str] 
   checkpoint); trainable parameters, gradients and optimizer state stay float32.
   MODEL_DIR is locked while the run lasts; a MODEL_DIR holding another run
   (`jaxpt.cli.run_dir`) is refused unless `start_fresh` moves it aside.
+  `batch_size` is the global batch; on several processes (`jax.distributed`)
+  each reads only its `batch_size / processes` rows, from its own SeqIO shards
+  (`data_shards` of them in all, default one per process; fix it to get the same
+  batches, and losses, on any number of processes).
   """
   from jaxpt.train.loop import train as train_loop
 
@@ -329,6 +340,10 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: Optional[str] 
   if bool(mixture_or_task_name) == bool(train_file):
     raise ValueError('set exactly one of MIXTURE_OR_TASK_NAME (a SeqIO task) and TRAIN_FILE '
                      '(your own TSV / CSV / JSONL file)')
+  if train_file and jax.process_count() > 1:
+    raise ValueError('TRAIN_FILE runs on one process (any number of its devices); a '
+                     'multi-process run reads a SeqIO task (MIXTURE_OR_TASK_NAME), sharded per '
+                     'process')
   model_dir = _writable_dir(model_dir)
   with contextlib.ExitStack() as stack:
     if jax.process_index() == 0 and '://' not in model_dir:  # one writer per run directory
@@ -345,7 +360,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: Optional[str] 
                         eval_examples=eval_examples)
     else:
       data = _task_data(mixture_or_task_name, eval_split, task_feature_lengths,
-                        method.prompt_length, batch_size, seed, eval_examples)
+                        method.prompt_length, batch_size, seed, eval_examples, data_shards)
     _check_vocabulary(data.vocab_size, model.config.vocab_size, initial_checkpoint_path)
     if (labels and isinstance(method, PromptInit) and method.initializer == 'class_labels'
         and not method.class_labels):  # the paper's class-label init reads the run's labels
@@ -358,13 +373,16 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: Optional[str] 
       backbone_params = _cast_frozen({'backbone': backbone_params, 'method': method_params},
                                      trainable_rules, frozen_dtype)['backbone']
     batches = data.batches
-    run_dir.check_identity(model_dir, _identity(
+    main_process = jax.process_index() == 0  # writes the files besides Orbax's checkpoints
+    identity = _identity(
         model, method, mixture_or_task_name, train_file, validation_file, input_template,
         input_field, target_field, labels, seed=seed, batch_size=batch_size,
         task_feature_lengths=task_feature_lengths, trainable_rules=trainable_rules,
-        label_smoothing=label_smoothing, z_loss=z_loss), start_fresh)
-    with open(os.path.join(model_dir, CONFIG_FILE), 'w') as f:
-      f.write(gin.config_str())
+        label_smoothing=label_smoothing, z_loss=z_loss)
+    if main_process:
+      run_dir.check_identity(model_dir, identity, start_fresh)
+      with open(os.path.join(model_dir, CONFIG_FILE), 'w') as f:
+        f.write(gin.config_str())
     eval_fn = None
     if data.evaluate is not None and eval_every:
       eval_fn = lambda params, step: {k: v for k, v in data.evaluate(prompted, params).items()
@@ -373,6 +391,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: Optional[str] 
 
     def on_metrics(record: Dict[str, Any]) -> None:
       split = record.get('split', 'train')
+      if not main_process:
+        return
       if split not in writers:
         writers[split] = _tensorboard_writer(os.path.join(model_dir, split))
       _write_scalars(writers[split], int(record['step']), record)
@@ -385,9 +405,14 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: Optional[str] 
         eval_fn=eval_fn, eval_every=eval_every, best_metric=best_metric,
         log_every=log_every, on_metrics=on_metrics, backbone_source=model.source,
         partitioning=partitioning)
-    with open(os.path.join(model_dir, OPERATIVE_CONFIG_FILE), 'w') as f:
-      f.write(gin.operative_config_str())
+    if main_process:
+      with open(os.path.join(model_dir, OPERATIVE_CONFIG_FILE), 'w') as f:
+        f.write(gin.operative_config_str())
     if 'backbone' in partition(result.params, trainable_rules)[0]:  # the backbone was tuned
+      if jax.process_count() > 1:
+        raise NotImplementedError('writing the tuned backbone of a multi-process run is not '
+                                  'supported yet; its training checkpoints are in '
+                                  f'{model_dir}/checkpoints')
       jaxpt.save_model(jaxpt.Model(model.config, result.params['backbone'],
                                    source=f'{model_dir} step {result.step}'),
                        os.path.join(model_dir, TUNED_MODEL_DIR))

@@ -23,41 +23,79 @@ def shard_info() -> Any:
   return seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
 
 
+def process_shards(num_shards: int, process_index: int, process_count: int) -> range:
+  """The data shards one process reads: a contiguous block of `num_shards / process_count`.
+
+  Process p's rows are then rows p*B/P ... (p+1)*B/P of the global batch, which is
+  the layout `jax.make_array_from_process_local_data` assembles the global batch from.
+  """
+  if num_shards % process_count:
+    raise ValueError(f'{num_shards} data shards cannot be split evenly over '
+                     f'{process_count} processes')
+  per = num_shards // process_count
+  return range(process_index * per, (process_index + 1) * per)
+
+
 class TrainBatches:
-  """position -> batch of `encoder_input_tokens`, `decoder_input_tokens`, ...
+  """position -> this process's rows of the global batch: `encoder_input_tokens`, ...
+
+  The data is read in `num_shards` SeqIO shards (`seqio.ShardInfo`): global batch
+  k is the concatenation of batch k of every shard (`batch_size / num_shards` rows
+  each), and each process reads only its own block of shards
+  (`process_shards`), never the others' examples. The default is one shard per
+  process (T5X's layout); fixing `num_shards` makes the global batches, and so
+  the losses, the same whatever the number of processes.
 
   Args:
     task_name: a registered SeqIO task or mixture.
     feature_lengths: {'inputs': n, 'targets': m} (the prompt already subtracted).
-    batch_size: per-host batch size.
+    batch_size: the global batch size (all processes together).
     split: the split to read.
     seed: shuffling seed; the same seed gives the same stream.
+    num_shards: data shards (default: `jax.process_count()`); a multiple of the
+      process count that divides `batch_size`.
+    process_index / process_count: default `jax.process_index()` / `jax.process_count()`.
   """
 
   def __init__(self, task_name: str, feature_lengths: Mapping[str, int], batch_size: int,
-               split: str = 'train', seed: int = 0):
+               split: str = 'train', seed: int = 0, num_shards: Optional[int] = None,
+               process_index: Optional[int] = None, process_count: Optional[int] = None):
     self.task_name, self.split, self.seed = task_name, split, seed
     self.feature_lengths, self.batch_size = dict(feature_lengths), batch_size
-    self._iterator: Optional[Iterator[Dict[str, np.ndarray]]] = None
+    self.process_count = jax.process_count() if process_count is None else process_count
+    self.process_index = jax.process_index() if process_index is None else process_index
+    self.num_shards = self.process_count if num_shards is None else int(num_shards)
+    if self.num_shards < 1 or batch_size % self.num_shards:
+      raise ValueError(f'batch size {batch_size} cannot be split evenly into '
+                       f'{self.num_shards} data shards')
+    self.shards = process_shards(self.num_shards, self.process_index, self.process_count)
+    self.rows_per_shard = batch_size // self.num_shards
+    self._iterators: Optional[list] = None
     self._position = -1
 
-  def _dataset(self, skip: int):
+  def shard_info(self, shard: int) -> Any:
+    import seqio
+    return seqio.ShardInfo(index=shard, num_shards=self.num_shards) if self.num_shards > 1 \
+        else None
+
+  def _dataset(self, shard: int, skip: int):
     import seqio
     ds = seqio.get_dataset(self.task_name, self.feature_lengths, dataset_split=self.split,
-                           shuffle=True, num_epochs=None, shard_info=shard_info(),
+                           shuffle=True, num_epochs=None, shard_info=self.shard_info(shard),
                            feature_converter=seqio.EncDecFeatureConverter(pack=False),
                            seed=self.seed)
-    return ds.batch(self.batch_size, drop_remainder=True).skip(skip)
+    return ds.batch(self.rows_per_shard, drop_remainder=True).skip(skip)
 
   def __call__(self, position: int) -> Dict[str, np.ndarray]:
-    if self._iterator is None or position != self._position:
-      self._iterator = self._dataset(position).as_numpy_iterator()
+    if self._iterators is None or position != self._position:
+      self._iterators = [self._dataset(shard, position).as_numpy_iterator()
+                         for shard in self.shards]
       self._position = position
-    batch = next(self._iterator)
+    parts = [next(it) for it in self._iterators]
     self._position += 1
-    return {k: np.asarray(v) for k, v in batch.items()
-            if k in ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens',
-                     'decoder_loss_weights')}
+    keys = [k for k in parts[0] if k in ('encoder_input_tokens', 'decoder_input_tokens',
+                                         'decoder_target_tokens', 'decoder_loss_weights')]
+    return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in keys}
 
 
 def eval_examples(task_name: str, feature_lengths: Mapping[str, int], split: str,

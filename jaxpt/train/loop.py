@@ -138,6 +138,20 @@ def _truncate_metrics(path: str, last_step: int) -> None:
   os.replace(tmp, path)
 
 
+def _is_main_process() -> bool:
+  """Files other than Orbax's (metrics.jsonl, prompt checkpoints) are written by process 0."""
+  return jax.process_index() == 0
+
+
+def _host_copy(tree: Any) -> Any:
+  """`tree` with every array readable on this process (gathered from the others if needed)."""
+  if jax.process_count() == 1:
+    return tree
+  from jax.experimental import multihost_utils
+  return jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
+                      if isinstance(x, jax.Array) and not x.is_fully_addressable else x, tree)
+
+
 def _is_better(value: float, best: Optional[float], mode: str) -> bool:
   if value is None or not np.isfinite(value):
     return False
@@ -183,6 +197,8 @@ def train(model: PromptedModel, backbone_params: Any, method_params: Any,
     batches: data position k -> the k-th batch, a dict of numpy arrays with
       encoder_input_tokens, decoder_input_tokens, decoder_target_tokens and
       optionally task_ids / decoder_loss_weights. Must be deterministic in k.
+      On several processes (`jax.distributed`), this process's rows of the
+      global batch (`jaxpt.data.seqio_batches.TrainBatches` reads them).
     optimizer: an optax optimizer (`jaxpt.train.optim.make_optimizer`).
     num_steps: total steps; a resumed run stops at the same total.
     rng: base PRNG key (dropout); each step folds in its step number. A
@@ -231,6 +247,10 @@ def train(model: PromptedModel, backbone_params: Any, method_params: Any,
   if best_metric is not None and eval_fn is None:
     raise ValueError(f'best_metric={best_metric!r} needs an eval_fn to compute it')
   say = print_fn or (lambda _: None)
+  if jax.process_count() > 1 and partitioning is None:
+    raise ValueError(f'this is one of {jax.process_count()} processes (jax.distributed): '
+                     f'training over several processes needs a partitioning (add '
+                     f'--gin_file=partitioning/pjit.gin)')
 
   if (distillation is None) != (teacher_params is None):
     raise ValueError('distillation and teacher_params go together: pass both or neither')
@@ -274,9 +294,10 @@ def train(model: PromptedModel, backbone_params: Any, method_params: Any,
       start = resumed_from = restored.step
       say(f'resuming from {checkpointer.step_directory(start)} (step {start}, data position '
           f'{data_position})')
-    metrics_path = os.path.join(model_dir, METRICS_FILE)
-    _truncate_metrics(metrics_path, start)
-    if export_prompts:
+    metrics_path = os.path.join(model_dir, METRICS_FILE) if _is_main_process() else None
+    if metrics_path is not None:
+      _truncate_metrics(metrics_path, start)
+    if export_prompts and _is_main_process():
       backbone = Model(config, backbone_params, source=backbone_source)
       if best_metric is not None:
         best_value = _read_best(os.path.join(model_dir, BEST_PROMPT_DIR), best_metric)
@@ -345,7 +366,7 @@ def train(model: PromptedModel, backbone_params: Any, method_params: Any,
 
       if do_log:
         now = time.perf_counter()
-        rate = batch_size * (s - s_last) / max(now - t_last, 1e-9)
+        rate = batch_size * jax.process_count() * (s - s_last) / max(now - t_last, 1e-9)
         eta = (num_steps - s) * (now - t_last) / max(s - s_last, 1)
         values = _scalars(metrics)
         values.pop('finite', None)
@@ -359,7 +380,7 @@ def train(model: PromptedModel, backbone_params: Any, method_params: Any,
 
       eval_metrics = None
       if do_eval:
-        eval_metrics = _scalars(eval_fn(combine(state.trainable, frozen), s))
+        eval_metrics = _scalars(eval_fn(_host_copy(combine(state.trainable, frozen)), s))
         shown = '  '.join(f'{k} {v:.4f}' for k, v in sorted(eval_metrics.items()))
         say(f'eval at step {s}: {shown}')
         record({'step': s, 'split': 'eval', **eval_metrics, 'time': time.time()})
