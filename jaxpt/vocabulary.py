@@ -19,6 +19,8 @@ PAD_ID = 0
 """T5's padding id; also the id the decoder starts from (`decoder_start_token_id`)."""
 EOS_ID = 1
 """T5's end-of-sequence id."""
+UNK_ID = 2
+"""SentencePiece's unknown-piece id in T5 vocabularies."""
 DEFAULT_EXTRA_IDS = 100
 # The public T5 vocabulary; readable with network access only.
 T5_VOCAB_GCS = 'gs://t5-data/vocabs/cc_all.32000/sentencepiece.model'

@@ -98,11 +98,14 @@ def test_train_on_own_files_writes_prompt_and_metrics(tmp_path, capsys):
   records = [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines()]
   evals = [r for r in records if r['split'] == 'eval']
   assert evals and 0.0 <= evals[-1]['accuracy'] <= 100.0
+  # with a validation file the best prompt is kept by accuracy, without any setting
+  best = json.loads((run / 'prompt_best' / 'jaxpt_prompt.json').read_text())
+  assert best['metrics']['accuracy'] == evals[-1]['accuracy']
   printed = capsys.readouterr().out
   assert '512 training examples' in printed and '8 validation examples' in printed
   # the start and end summaries
   assert 'method: prompt_tuning; trainable: 512 parameters' in printed  # 4 x d_model 128
-  assert 'wrote checkpoints, prompt, metrics.jsonl' in printed
+  assert 'wrote checkpoints, prompt, prompt_best, metrics.jsonl' in printed
 
 
 def test_train_refuses_both_or_neither_data_source(tmp_path):
@@ -181,3 +184,41 @@ def test_resuming_with_other_settings_is_refused_and_start_fresh_restarts(tmp_pa
   out = _train(tmp_path, seed=1, start_fresh=True)
   assert out['step'] == 2
   assert [p.name for p in (tmp_path / 'run').iterdir() if p.name.startswith('replaced-')]
+
+
+def test_truncated_and_unknown_inputs_are_reported(tmp_path, capsys):
+  from jaxpt.assets import mini_t5_path
+  from jaxpt.cli import runs
+  from jaxpt.vocabulary import backbone_vocabulary
+  vocab = backbone_vocabulary(mini_t5_path())
+  texts = ['apple banana', 'apple ' * 40, '漢字のテキスト']
+  runs._report_truncation('x.tsv', texts, vocab, 16)
+  out = capsys.readouterr().out
+  assert '1 of 3 inputs in x.tsv (33.3%) are longer than 16 tokens' in out
+  assert '1 of 3 inputs in x.tsv (33.3%) hold characters the vocabulary maps to its unknown' in out
+
+
+def test_an_exploding_prompt_is_reported(tmp_path, capsys):
+  from jaxpt.train.optim import make_optimizer
+  _train(tmp_path, optimizer=make_optimizer('sgd', 1e9), train_steps=2, validation_file=None)
+  out = capsys.readouterr().out
+  assert 'WARNING: at step 1 the prompt vectors are' in out
+  assert 'the learning rate is likely too high' in out
+
+
+def test_infer_reads_the_backbones_own_vocabulary(tmp_path):
+  """A TSV through `jaxpt infer` on the mini backbone: tokenized with its own vocabulary."""
+  import gin
+  from jaxpt.assets import mini_t5_path
+  from jaxpt.cli import runs
+  _train(tmp_path, train_steps=2)
+  inputs = _write(tmp_path / 'in.tsv', 'mango apple lemon banana cherry\nsaw drill rake\n')
+  gin.clear_config()
+  out = runs.infer(model_dir=str(tmp_path / 'run'), task_feature_lengths={'inputs': 32,
+                                                                          'targets': 4},
+                   input_tsv=inputs, initial_checkpoint_path=mini_t5_path(), max_decode_length=4)
+  rows = [json.loads(line) for line in open(out)]
+  assert [r['input'] for r in rows] == ['mango apple lemon banana cherry', 'saw drill rake']
+  # decoded with the mini vocabulary: real words, not T5-vocabulary garbage or nothing
+  assert all(r['prediction'].strip() for r in rows), rows
+  assert all(r['prediction'].isascii() for r in rows), rows

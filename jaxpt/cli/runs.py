@@ -30,7 +30,7 @@ from jaxpt.methods.prompt import PromptInit
 from jaxpt.models.config import T5Config, find_preset
 from jaxpt.models.t5 import init_params
 from jaxpt.prompted.base import prompted_model
-from jaxpt.vocabulary import EOS_ID, backbone_vocabulary
+from jaxpt.vocabulary import EOS_ID, UNK_ID, backbone_vocabulary
 
 CONFIG_FILE = 'config.gin'
 OPERATIVE_CONFIG_FILE = 'operative_config.gin'
@@ -272,11 +272,19 @@ def _file_data(train_file: str, validation_file: Optional[str], vocab: Any,
 
 
 def _report_truncation(path: str, texts: Sequence[str], vocab: Any, length: int) -> None:
-  """Says how many inputs are cut to fit `length` tokens (EOS included)."""
-  cut = sum(len(vocab.encode(t)) + 1 > length for t in texts)
+  """Says how many inputs are cut to fit `length` tokens (EOS included), and how many hold
+  text the vocabulary cannot represent (SentencePiece's unknown id)."""
+  encoded = [list(vocab.encode(t)) for t in texts]
+  cut = sum(len(ids) + 1 > length for ids in encoded)
   if cut:
     print(f'data: {cut:,} of {len(texts):,} inputs in {path} ({100 * cut / len(texts):.1f}%) '
           f'are longer than {length} tokens and are truncated (raise TASK_FEATURE_LENGTHS)',
+          flush=True)
+  unknown = sum(UNK_ID in ids for ids in encoded)
+  if unknown:
+    print(f'data: {unknown:,} of {len(texts):,} inputs in {path} '
+          f'({100 * unknown / len(texts):.1f}%) hold characters the vocabulary maps to its '
+          f'unknown token (another script or language than the backbone was trained on?)',
           flush=True)
 
 
@@ -383,6 +391,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: Optional[str] 
       run_dir.check_identity(model_dir, identity, start_fresh)
       with open(os.path.join(model_dir, CONFIG_FILE), 'w') as f:
         f.write(gin.config_str())
+    if best_metric is None and train_file and validation_file and eval_every:
+      best_metric = 'accuracy'  # what a user-file evaluation reports: keep the best prompt
     eval_fn = None
     if data.evaluate is not None and eval_every:
       eval_fn = lambda params, step: {k: v for k, v in data.evaluate(prompted, params).items()

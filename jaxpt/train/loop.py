@@ -104,6 +104,15 @@ def _jitted_step(model: PromptedModel, optimizer: optax.GradientTransformation,
   return jax.jit(_make_step(model, optimizer, distillation), donate_argnums=(0,))
 
 
+# Prompt RMS / embedding RMS above which a run is told its prompt has blown up (trained
+# prompts stay within a few times the embeddings; a learning rate of 1e9 gives 1e27).
+PROMPT_NORM_WARNING = 100.0
+
+
+def _rms(x: Any) -> float:
+  return float(jnp.sqrt(jnp.mean(jnp.square(jnp.asarray(x, jnp.float32)))))
+
+
 def _scalars(metrics: Mapping[str, Any]) -> Dict[str, float]:
   out = {}
   for k, v in metrics.items():
@@ -340,6 +349,10 @@ def train(model: PromptedModel, backbone_params: Any, method_params: Any,
         step=step, data_position=step - 1, last_good_step=last, last_good_checkpoint=where)
 
   t_last, s_last = time.perf_counter(), start
+  watch_norm = method.has_prompt_vectors and 'method' in trainable
+  embedding_rms = (_rms(backbone_params['token_embedder']['embedding'])
+                   if watch_norm and 'token_embedder' in backbone_params else None)
+  norm_warned = False
   pending = None  # (step, metrics) not yet checked for finiteness
   try:
     for s in range(start + 1, num_steps + 1):
@@ -352,6 +365,12 @@ def train(model: PromptedModel, backbone_params: Any, method_params: Any,
       batch_size = int(np.shape(batch['encoder_input_tokens'])[0])
       state, metrics = step_fn(state, frozen, dict(batch), rng)
       data_position += 1
+      if s == start + 1 and s != num_steps and log_every > 1:
+        # The first step compiles: report it apart, so examples/s is the steady rate.
+        jax.block_until_ready(metrics)
+        say(f'step {s}: compiled and ran the first step in {time.perf_counter() - t_last:.1f} s '
+            f'(not counted in examples/s)')
+        t_last, s_last = time.perf_counter(), s
       if pending is not None:
         check(*pending)  # the previous step, while this one runs
       pending = (s, metrics)
@@ -377,6 +396,13 @@ def train(model: PromptedModel, backbone_params: Any, method_params: Any,
             f'ETA {_format_eta(eta)}')
         record(entry)
         t_last, s_last = now, s
+        if embedding_rms and not norm_warned:
+          ratio = _rms(method.task_prompts(state.trainable['method'])) / embedding_rms
+          if ratio > PROMPT_NORM_WARNING:
+            norm_warned = True
+            say(f'WARNING: at step {s} the prompt vectors are {ratio:.3g}x the size of the '
+                f'token embeddings (RMS): the learning rate is likely too high for this '
+                f'optimizer (the prompt has left the embedding space)')
 
       eval_metrics = None
       if do_eval:
