@@ -25,6 +25,7 @@ from jaxpt import partitioning as pt
 from jaxpt.checkpoints.load import read_backbone_sharded
 from jaxpt.prompted.base import prompted_model
 from jaxpt.train.sharding import ShardedStep, train_shardings
+from tests.simulated_devices import run_scenario
 from tests.tiny_configs import SHARDABLE_CONFIG, VOCAB
 
 HERE = pathlib.Path(__file__).resolve()
@@ -52,13 +53,7 @@ def tiny_config(**overrides: Any) -> jaxpt.T5Config:
 
 
 def _child(scenario: str, tmp: pathlib.Path) -> Dict[str, Any]:
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-             JAX_PLATFORMS='cpu',  # and `tests` importable from the script
-             PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''))
-  out = subprocess.run([sys.executable, str(HERE), scenario, str(tmp)], env=env, cwd=REPO,
-                       capture_output=True, text=True, timeout=1200)
-  assert out.returncode == 0, f'{scenario} failed:\n{out.stdout[-3000:]}\n{out.stderr[-6000:]}'
-  return json.loads(out.stdout.strip().splitlines()[-1])
+  return run_scenario(HERE, scenario, tmp)
 
 
 @pytest.fixture(scope='module')

@@ -30,6 +30,7 @@ from jaxpt.models.t5 import abstract_params, init_params
 HERE = pathlib.Path(__file__).resolve()
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
+from tests.simulated_devices import run_scenario
 from tests.synthetic_learning import learn  # noqa: E402
 
 
@@ -173,12 +174,7 @@ def test_backbone_frozen_rules():
 
 
 def _child(scenario: str, tmp: pathlib.Path) -> Dict[str, Any]:
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-             JAX_PLATFORMS='cpu')
-  out = subprocess.run([sys.executable, str(HERE), scenario, str(tmp)], env=env, cwd=REPO,
-                       capture_output=True, text=True, timeout=1200)
-  assert out.returncode == 0, f'{scenario} failed:\n{out.stdout[-3000:]}\n{out.stderr[-6000:]}'
-  return json.loads(out.stdout.strip().splitlines()[-1])
+  return run_scenario(HERE, scenario, tmp)
 
 
 @pytest.fixture(scope='module')

@@ -23,7 +23,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from typing import IO, Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import jax
 import msgpack
@@ -338,6 +338,19 @@ def _flat_shardings(shardings: Any) -> Dict[str, Any]:
   return traverse_util.flatten_dict(shardings, sep='/')
 
 
+def _reader(leaf: Any, dtype: Any) -> Callable[..., np.ndarray]:
+  """`read(index=None)`: the leaf (a numpy array or a tensorstore array), or its slice."""
+
+  def read(index: Any = None) -> np.ndarray:
+    if isinstance(leaf, ZarrArray):
+      value = leaf.read(index)
+    else:
+      value = leaf if index is None else leaf[index]
+    return np.asarray(value, dtype=dtype) if dtype is not None else np.asarray(value)
+
+  return read
+
+
 def _materialize(leaves: Dict[str, Any], shardings: Any, dtype: Any, source: str
                  ) -> Dict[str, Any]:
   """numpy arrays, or jax Arrays built slice by slice into `shardings`."""
@@ -347,12 +360,7 @@ def _materialize(leaves: Dict[str, Any], shardings: Any, dtype: Any, source: str
     raise CheckpointError(f'{source}: shardings name arrays the checkpoint lacks: {unknown[:8]}')
   out = {}
   for name, leaf in leaves.items():
-    def read(index: Any = None, leaf: Any = leaf) -> np.ndarray:
-      if isinstance(leaf, ZarrArray):
-        value = leaf.read(index)
-      else:
-        value = leaf if index is None else leaf[index]
-      return np.asarray(value, dtype=dtype) if dtype is not None else np.asarray(value)
+    read = _reader(leaf, dtype)
     if name in flat_shardings:
       out[name] = jax.make_array_from_callback(tuple(leaf.shape), flat_shardings[name], read)
     else:
@@ -437,13 +445,7 @@ def t5x_sources(path: str, dtype: Any = np.float32
   config = config_from_t5x_params(traverse_util.unflatten_dict(shapes, sep='/'), path)
   sources = {}
   for name, leaf in leaves.items():
-    def read(index: Any = None, leaf: Any = leaf) -> np.ndarray:
-      if isinstance(leaf, ZarrArray):
-        value = leaf.read(index)
-      else:
-        value = leaf if index is None else leaf[index]
-      return np.asarray(value, dtype=dtype) if dtype is not None else np.asarray(value)
-    sources[name] = (tuple(leaf.shape), read)
+    sources[name] = (tuple(leaf.shape), _reader(leaf, dtype))
   return config, sources
 
 
