@@ -222,3 +222,51 @@ def test_infer_reads_the_backbones_own_vocabulary(tmp_path):
   # decoded with the mini vocabulary: real words, not T5-vocabulary garbage or nothing
   assert all(r['prediction'].strip() for r in rows), rows
   assert all(r['prediction'].isascii() for r in rows), rows
+
+
+def test_a_checkpoint_of_another_structure_than_the_model_gin_is_refused(tmp_path):
+  import jax
+  import jaxpt
+  from jaxpt.cli import runs
+  from jaxpt.models.t5 import init_params
+  from tests.tiny_configs import CONFIG
+  short = CONFIG.replace(num_decoder_layers=CONFIG.num_decoder_layers - 1)
+  jaxpt.save_model(jaxpt.Model(short, init_params(short, jax.random.key(0))),
+                   str(tmp_path / 'short'))
+  with pytest.raises(ValueError, match=r'num_decoder_layers \d+ \(gin: \d+\)'):
+    runs._backbone(str(tmp_path / 'short'), CONFIG, 0)
+  tied = CONFIG.replace(logits_via_embedding=not CONFIG.logits_via_embedding)
+  jaxpt.save_model(jaxpt.Model(tied, init_params(tied, jax.random.key(0))),
+                   str(tmp_path / 'tied'))
+  with pytest.raises(ValueError, match='logits_via_embedding'):
+    runs._backbone(str(tmp_path / 'tied'), CONFIG, 0)
+  assert runs._backbone(str(tmp_path / 'short'), short, 0).config.num_decoder_layers == (
+      short.num_decoder_layers)
+
+
+def test_the_first_steps_compile_is_reported_apart(tmp_path, capsys):
+  _train(tmp_path, train_steps=4, log_every=2, validation_file=None)
+  out = capsys.readouterr().out
+  assert 'step 1: compiled and ran the first step in' in out
+  assert '(not counted in examples/s)' in out
+
+
+def test_eval_and_infer_read_the_same_files(tmp_path):
+  import gin
+  from jaxpt.assets import mini_t5_path
+  from jaxpt.cli import runs
+  _train(tmp_path)
+  gin.clear_config()
+  common = dict(model_dir=str(tmp_path / 'run'), task_feature_lengths={'inputs': 32,
+                                                                         'targets': 4},
+                initial_checkpoint_path=mini_t5_path(), input_field='sentence',
+                target_field='label')
+  record = runs.evaluate(eval_file=str(EXAMPLE / 'dev.tsv'), max_examples=16, **common)
+  assert record['examples'] == 16 and 0.0 <= record['accuracy'] <= 100.0
+  # the labels come from the run that trained the prompt (its run.json)
+  assert runs._labels_of(str(tmp_path / 'run' / 'prompt'), None) == ['fruit', 'tool']
+  out = runs.infer(input_file=str(EXAMPLE / 'dev.tsv'), max_decode_length=4, **common)
+  rows = [json.loads(line) for line in open(out)]
+  assert len(rows) == 128 and rows[0]['target'] in ('fruit', 'tool')
+  with pytest.raises(ValueError, match='exactly one of MIXTURE_OR_TASK_NAME'):
+    runs.evaluate(**common)

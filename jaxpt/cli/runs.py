@@ -14,7 +14,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence
 
 import gin
 import jax
@@ -271,6 +271,35 @@ def _file_data(train_file: str, validation_file: Optional[str], vocab: Any,
                   vocab.encode, vocab.vocab_size, evaluate)
 
 
+def _read_user_inputs(path: str, checkpoint: Optional[str], feature_lengths: Mapping[str, int],
+                      prompt_length: int, *, input_template: Optional[str], input_field: str,
+                      target_field: str, require_target: bool = True):
+  """(input ids, target texts, vocabulary) of a user file, with the backbone's vocabulary."""
+  import tasks
+  from jaxpt.data.text_classification import encode_inputs
+  from jaxpt.data.user_files import read_examples
+
+  vocab = backbone_vocabulary(checkpoint)
+  length = tasks.feature_lengths(feature_lengths['inputs'], feature_lengths['targets'],
+                                 prompt_length)['inputs']
+  examples = read_examples(path, input_field=input_field, target_field=target_field,
+                           input_template=input_template, require_target=require_target)
+  texts = [e['inputs'] for e in examples]
+  _report_truncation(path, texts, vocab, length)
+  return encode_inputs(texts, vocab.encode, length), [e['targets'] for e in examples], vocab
+
+
+def _labels_of(prompt_dir: str, labels: Optional[Sequence[str]]) -> Optional[List[str]]:
+  """The labels to rank: given, or the ones the prompt was trained with (its run.json)."""
+  if labels:
+    return list(labels)
+  identity = os.path.join(os.path.dirname(os.path.abspath(prompt_dir)), run_dir.IDENTITY_FILE)
+  if os.path.isfile(identity):
+    with open(identity) as f:
+      return (json.load(f).get('data') or {}).get('labels')
+  return None
+
+
 def _report_truncation(path: str, texts: Sequence[str], vocab: Any, length: int) -> None:
   """Says how many inputs are cut to fit `length` tokens (EOS included), and how many hold
   text the vocabulary cannot represent (SentencePiece's unknown id)."""
@@ -507,28 +536,45 @@ def _load_tuned(model_dir: str, initial_checkpoint_path: Optional[str],
 
 
 @gin.configurable(module='jaxpt')
-def evaluate(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
+def evaluate(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: Optional[str] = None,
              task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
              initial_checkpoint_path: Optional[str] = None,
              model_config: Optional[T5Config] = None, seed: int = 0,
              split: str = 'validation', max_examples: Optional[int] = None,
              prompt_dir: Optional[str] = None, batch_size: int = 32,
              partitioning: Optional[Any] = None,
-             frozen_dtype: Optional[str] = None) -> Dict[str, Any]:
-  """Scores a trained prompt on a task split; writes eval_metrics.jsonl + TensorBoard."""
+             frozen_dtype: Optional[str] = None, eval_file: Optional[str] = None,
+             input_template: Optional[str] = None, input_field: str = 'input',
+             target_field: str = 'target', labels: Optional[Sequence[str]] = None
+             ) -> Dict[str, Any]:
+  """Scores a trained prompt on a task split, or on your own file (`eval_file`: TSV / CSV /
+  JSONL read as `jaxpt train` reads TRAIN_FILE); writes eval_metrics.jsonl + TensorBoard."""
   from jaxpt.data.seqio_batches import eval_examples as read_eval
 
+  if bool(mixture_or_task_name) == bool(eval_file):
+    raise ValueError('set exactly one of MIXTURE_OR_TASK_NAME (a SeqIO task) and EVAL_FILE '
+                     '(your own TSV / CSV / JSONL file)')
   model_dir = _writable_dir(model_dir)
   model, method, method_params, path = _load_tuned(model_dir, initial_checkpoint_path,
                                                    model_config, seed, prompt_dir,
                                                    partitioning, frozen_dtype)
-  _, lengths = _task_setup(mixture_or_task_name, task_feature_lengths, method.prompt_length)
-  examples = read_eval(mixture_or_task_name, lengths, split, max_examples)
+  prompted = prompted_model(model.config, method)
+  params = {'backbone': model.params, 'method': method_params}
   start = time.time()
-  out = score_split(prompted_model(model.config, method),
-                    {'backbone': model.params, 'method': method_params},
-                    mixture_or_task_name, examples, batch_size=batch_size)
-  record = {'split': split, 'task': mixture_or_task_name, 'prompt': path,
+  if eval_file:
+    inputs, targets, vocab = _read_user_inputs(
+        eval_file, initial_checkpoint_path, task_feature_lengths, method.prompt_length,
+        input_template=input_template, input_field=input_field, target_field=target_field)
+    words = _labels_of(path, labels)
+    out = score_examples(prompted, params, inputs[:max_examples or None],
+                         targets[:max_examples or None], vocab, words, batch_size=batch_size)
+    split, name = os.path.basename(eval_file), eval_file
+  else:
+    _, lengths = _task_setup(mixture_or_task_name, task_feature_lengths, method.prompt_length)
+    examples = read_eval(mixture_or_task_name, lengths, split, max_examples)
+    out = score_split(prompted, params, mixture_or_task_name, examples, batch_size=batch_size)
+    name = mixture_or_task_name
+  record = {'split': split, 'task': name, 'prompt': path,
             'examples': len(out['targets']), **out['metrics'],
             'seconds': round(time.time() - start, 2)}
   with open(os.path.join(model_dir, 'eval_metrics.jsonl'), 'a') as f:
@@ -537,7 +583,7 @@ def evaluate(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.R
     step = json.load(f).get('step') or 0
   _write_scalars(_tensorboard_writer(os.path.join(model_dir, f'eval_{split}')), int(step),
                  out['metrics'])
-  print(f'{mixture_or_task_name} {split}: ' + ', '.join(
+  print(f'{name} {split}: ' + ', '.join(
       f'{k} {v:.2f}' for k, v in out['metrics'].items() if isinstance(v, float)), flush=True)
   return record
 
@@ -549,8 +595,12 @@ def infer(*, model_dir: str = gin.REQUIRED, task_feature_lengths: Mapping[str, i
           model_config: Optional[T5Config] = None, seed: int = 0, split: str = 'validation',
           max_examples: Optional[int] = None, prompt_dir: Optional[str] = None,
           max_decode_length: int = 16, batch_size: int = 32,
-          partitioning: Optional[Any] = None, frozen_dtype: Optional[str] = None) -> str:
-  """Greedy predictions for a TSV of inputs (first column) or a task split, to JSONL."""
+          partitioning: Optional[Any] = None, frozen_dtype: Optional[str] = None,
+          input_file: Optional[str] = None, input_template: Optional[str] = None,
+          input_field: str = 'input', target_field: str = 'target') -> str:
+  """Greedy predictions, to JSONL, for your own file (`input_file`: TSV / CSV / JSONL read
+  as `jaxpt train` reads TRAIN_FILE; targets optional), a TSV of inputs (`input_tsv`,
+  first column, no header) or a task split."""
   import tasks
   from jaxpt.data.seqio_batches import eval_examples as read_eval
 
@@ -560,7 +610,19 @@ def infer(*, model_dir: str = gin.REQUIRED, task_feature_lengths: Mapping[str, i
                                                    partitioning, frozen_dtype)
   lengths = tasks.feature_lengths(task_feature_lengths['inputs'],
                                   task_feature_lengths['targets'], method.prompt_length)
-  if input_tsv:
+  if input_file:
+    tokens, targets, vocab = _read_user_inputs(
+        input_file, initial_checkpoint_path, task_feature_lengths, method.prompt_length,
+        input_template=input_template, input_field=input_field, target_field=target_field,
+        require_target=False)
+    from jaxpt.data.user_files import read_examples
+    texts = [e['inputs'] for e in read_examples(input_file, input_field=input_field,
+                                                target_field=target_field,
+                                                input_template=input_template,
+                                                require_target=False)]
+    examples = {'inputs': tokens, 'input_texts': texts, 'target_texts': targets,
+                'vocabulary': vocab}
+  elif input_tsv:
     if not os.path.isfile(input_tsv):
       raise FileNotFoundError(f'INPUT_TSV {input_tsv!r} does not exist')
     vocab = backbone_vocabulary(initial_checkpoint_path)
@@ -573,7 +635,7 @@ def infer(*, model_dir: str = gin.REQUIRED, task_feature_lengths: Mapping[str, i
     examples = read_eval(mixture_or_task_name, lengths, split, max_examples)
     vocab = examples['vocabulary']
   else:
-    raise ValueError('infer needs INPUT_TSV or MIXTURE_OR_TASK_NAME')
+    raise ValueError('infer needs INPUT_FILE, INPUT_TSV or MIXTURE_OR_TASK_NAME')
   params = {'backbone': model.params, 'method': method_params}
   texts = predict_texts(prompted_model(model.config, method), params, examples['inputs'], vocab,
                         batch_size=batch_size, max_decode_length=max_decode_length)
