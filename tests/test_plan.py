@@ -133,12 +133,15 @@ def test_the_target_memory_judges(compiled):
   assert planned['fits'] is True
 
 
-def test_plan_follows_the_run_config_not_its_own(compiled):
-  # Both gin configurations ask for scanned layers; a checkpoint run (today) loads per-layer
-  # weights unscanned, and the plan compiled what the run compiled in both cases (above):
-  # their programs differ, so the plan did not plan the same config for both.
+def test_a_checkpoint_run_is_the_planned_scanned_program(compiled):
+  # Both gin configurations ask for scanned layers. A checkpoint's per-layer weights are
+  # stacked into the scan axis at load (jaxpt.cli.runs.run_config keeps gin's scan_layers),
+  # so the checkpoint run compiles the same program as the random init, and the plan of each
+  # equals what its run compiled (above).
   assert compiled['random']['gin_scan_layers'] and compiled['checkpoint']['gin_scan_layers']
-  assert compiled['random']['plan']['fingerprint'] != compiled['checkpoint']['plan']['fingerprint']
+  assert compiled['random']['plan']['fingerprint'] == compiled['checkpoint']['plan']['fingerprint']
+  assert (compiled['random']['train'][0]['fingerprint']
+          == compiled['checkpoint']['train'][0]['fingerprint'])
 
 
 def test_plan_model_is_the_train_backbone_config(tmp_path):
