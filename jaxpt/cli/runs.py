@@ -274,7 +274,8 @@ def _file_data(train_file: str, validation_file: Optional[str], vocab: Any,
 def _read_user_inputs(path: str, checkpoint: Optional[str], feature_lengths: Mapping[str, int],
                       prompt_length: int, *, input_template: Optional[str], input_field: str,
                       target_field: str, require_target: bool = True):
-  """(input ids, target texts, vocabulary) of a user file, with the backbone's vocabulary."""
+  """(input ids, input texts, target texts, vocabulary) of a user file, with the backbone's
+  vocabulary."""
   import tasks
   from jaxpt.data.text_classification import encode_inputs
   from jaxpt.data.user_files import read_examples
@@ -286,7 +287,8 @@ def _read_user_inputs(path: str, checkpoint: Optional[str], feature_lengths: Map
                            input_template=input_template, require_target=require_target)
   texts = [e['inputs'] for e in examples]
   _report_truncation(path, texts, vocab, length)
-  return encode_inputs(texts, vocab.encode, length), [e['targets'] for e in examples], vocab
+  return (encode_inputs(texts, vocab.encode, length), texts, [e['targets'] for e in examples],
+          vocab)
 
 
 def _labels_of(prompt_dir: str, labels: Optional[Sequence[str]]) -> Optional[List[str]]:
@@ -562,7 +564,7 @@ def evaluate(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: Optional[st
   params = {'backbone': model.params, 'method': method_params}
   start = time.time()
   if eval_file:
-    inputs, targets, vocab = _read_user_inputs(
+    inputs, _, targets, vocab = _read_user_inputs(
         eval_file, initial_checkpoint_path, task_feature_lengths, method.prompt_length,
         input_template=input_template, input_field=input_field, target_field=target_field)
     words = _labels_of(path, labels)
@@ -611,15 +613,10 @@ def infer(*, model_dir: str = gin.REQUIRED, task_feature_lengths: Mapping[str, i
   lengths = tasks.feature_lengths(task_feature_lengths['inputs'],
                                   task_feature_lengths['targets'], method.prompt_length)
   if input_file:
-    tokens, targets, vocab = _read_user_inputs(
+    tokens, texts, targets, vocab = _read_user_inputs(
         input_file, initial_checkpoint_path, task_feature_lengths, method.prompt_length,
         input_template=input_template, input_field=input_field, target_field=target_field,
         require_target=False)
-    from jaxpt.data.user_files import read_examples
-    texts = [e['inputs'] for e in read_examples(input_file, input_field=input_field,
-                                                target_field=target_field,
-                                                input_template=input_template,
-                                                require_target=False)]
     examples = {'inputs': tokens, 'input_texts': texts, 'target_texts': targets,
                 'vocabulary': vocab}
   elif input_tsv:
