@@ -5,6 +5,8 @@ The package is split so that the pure-Python parts load without TensorFlow:
 * `tasks.formats`, `tasks.labels`, `tasks.metrics`, `tasks.local`,
   `tasks.synthetic`, `tasks.features`: formatters, verbalizers, postprocessing,
   metrics, file readers, lengths (no SeqIO, no TensorFlow).
+* `tasks.nlg`, `tasks.generation_metrics`: the table-to-text data (E2E,
+  WebNLG 2017) and BLEU / chrF / ROUGE-L through sacrebleu and rouge-score.
 * `tasks.registry`: the SeqIO tasks and mixtures (imports SeqIO/TensorFlow);
   importing it registers everything.
 
