@@ -32,8 +32,11 @@ LABEL_WORDS: Dict[str, Tuple[str, ...]] = {
 }
 """Label words per benchmark, indexed by label id (0, 1, ...)."""
 
-FREE_TEXT_BENCHMARKS = ('record',)
+FREE_TEXT_BENCHMARKS = ('record', 'e2e', 'webnlg')
 """Benchmarks whose targets are free text (no label words)."""
+
+GENERATION_BENCHMARKS = ('e2e', 'webnlg')
+"""Table-to-text benchmarks (`tasks.nlg`): scored against all references of an input."""
 
 _PREFIXES = ('super_glue_', 'glue_')
 _SUFFIXES = ('_mini', '_local')  # stripped in this order

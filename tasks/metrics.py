@@ -124,6 +124,12 @@ def record_metrics(targets: Sequence[Sequence[str]], predictions: Sequence[str])
   return {'em': 100.0 * em / len(targets), 'f1': 100.0 * f1 / len(targets)}
 
 
+def generation(targets: Sequence[Sequence[str]], predictions: Sequence[str]) -> Scores:
+  """E2E / WebNLG: BLEU, chrF and ROUGE-L of generated texts against every reference."""
+  from tasks import generation_metrics
+  return generation_metrics.generation_scores(list(predictions), list(targets))
+
+
 METRICS: Mapping[str, Callable[..., Scores]] = {
     'boolq': accuracy,
     'cb': cb_metrics,
@@ -137,6 +143,8 @@ METRICS: Mapping[str, Callable[..., Scores]] = {
     'mrpc': accuracy_and_f1,
     'qqp': accuracy_and_f1,
     'synthetic_two_class': accuracy,
+    'e2e': generation,
+    'webnlg': generation,
 }
 """The official metric function of every benchmark."""
 

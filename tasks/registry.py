@@ -13,6 +13,8 @@ Importing this module registers, with the T5 SentencePiece vocabulary of
   prefix-LM objectives (`tasks.objectives`) over the offline corpus of
   `tasks.corpus` (splits 'train' and 'validation' = its held-out part); the
   'train' stream draws new chunk boundaries and noise every epoch, deterministically.
+* `e2e_local`, `webnlg_local`: table-to-text generation (`tasks.nlg`), scored
+  with BLEU / chrF / ROUGE-L against all references (`tasks.generation_metrics`).
 * every `_local` task, `corpus_span_corruption` and `corpus_prefix_lm` again
   with the suffix `_mini`: the same data with the mini backbone's vocabulary
   (`tasks.features.mini_vocab_path()`), e.g. `glue_sst2_local_mini`.
@@ -36,7 +38,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from tasks import corpus, features, formats, labels, local, metrics, objectives, synthetic
+from tasks import corpus, features, formats, labels, local, metrics, nlg, objectives, synthetic
 
 SUPERGLUE = ('boolq', 'cb', 'copa', 'multirc', 'record', 'rte', 'wic', 'wsc')
 GLUE = ('sst2', 'mrpc', 'qqp')
@@ -66,14 +68,16 @@ TFDS_TASKS = tuple(task_name(b) for b in SUPERGLUE + GLUE)
 LOCAL_TASKS = tuple(task_name(b, 'local') for b in SUPERGLUE + GLUE)
 SYNTHETIC_TASK = 'synthetic_two_class'
 PRETRAINING_TASKS = ('corpus_span_corruption', 'corpus_prefix_lm')
+NLG_TASKS = tuple(f'{d}_local' for d in nlg.DATASETS)
+"""Table-to-text: 'e2e_local', 'webnlg_local' (`tasks.nlg`)."""
 MINI = '_mini'
 """Suffix of the tasks that use the mini backbone's vocabulary."""
 MIXTURES: Dict[str, Sequence[str]] = {
     'super_glue': tuple(task_name(b) for b in SUPERGLUE),
     'super_glue_local': tuple(task_name(b, 'local') for b in SUPERGLUE if b != 'record'),
 }
-TASK_NAMES = (TFDS_TASKS + LOCAL_TASKS + (SYNTHETIC_TASK,) + PRETRAINING_TASKS
-              + tuple(t + MINI for t in LOCAL_TASKS + PRETRAINING_TASKS))
+TASK_NAMES = (TFDS_TASKS + LOCAL_TASKS + (SYNTHETIC_TASK,) + PRETRAINING_TASKS + NLG_TASKS
+              + tuple(t + MINI for t in LOCAL_TASKS + PRETRAINING_TASKS + NLG_TASKS))
 
 
 @functools.lru_cache(maxsize=None)
@@ -106,6 +110,8 @@ def output_signature(benchmark: str) -> Dict[str, tf.TensorSpec]:
   elif benchmark == 'record':
     signature.update({'idx/passage': index, 'idx/query': index,
                       'answers': tf.TensorSpec([None], tf.string)})
+  elif benchmark in labels.GENERATION_BENCHMARKS:
+    signature['references'] = tf.TensorSpec([None], tf.string)
   else:
     signature['idx'] = index
   return signature
@@ -170,6 +176,8 @@ def seqio_postprocessor(output_or_target: Any, example: Mapping[str, Any] | None
   """
   if benchmark == 'record' and is_target and example is not None:
     return [_decode(a) for a in np.asarray(example['answers']).tolist()]
+  if benchmark in labels.GENERATION_BENCHMARKS and is_target and example is not None:
+    return [_decode(r) for r in np.asarray(example['references']).tolist()]
   value = labels.postprocess(benchmark, output_or_target)
   if benchmark == 'multirc' and is_target and example is not None:
     return {'value': value,
@@ -195,6 +203,31 @@ def _task(name: str, source: seqio.DataSource, benchmark: str,
       postprocess_fn=functools.partial(seqio_postprocessor, benchmark=benchmark),
       metric_fns=[metric],
   )
+
+
+def nlg_dataset_fn(split: str, shuffle_files: bool = False, seed: int | None = None, *,
+                   dataset: str) -> tf.data.Dataset:
+  """E2E / WebNLG: 'train' gives one example per reference, the other splits one per input.
+
+  Every example carries all `references` of its input; an evaluation example's
+  `targets` is its first reference.
+  """
+  del shuffle_files, seed  # SeqIO shuffles the examples.
+  examples = nlg.examples(dataset, split)  # read (and checked) now, not when iterated
+
+  def generate():
+    for ex in examples:
+      targets = ex.references if split == 'train' else ex.references[:1]
+      for target in targets:
+        yield {'inputs': ex.input, 'targets': target, 'references': list(ex.references)}
+
+  return examples_dataset(dataset, generate)
+
+
+def _nlg_task(name: str, dataset: str, vocabulary: seqio.Vocabulary) -> seqio.Task:
+  source = seqio.FunctionDataSource(functools.partial(nlg_dataset_fn, dataset=dataset),
+                                    splits=nlg.SPLITS)
+  return _task(name, source, dataset, vocabulary)
 
 
 def _add(*, name: str, make: Callable[[], Any], registry: Any) -> None:
@@ -271,6 +304,11 @@ def register_all() -> List[str]:
     for suffix, vocabulary in vocabularies.items():
       _add(name=base + suffix, make=lambda n=base + suffix, v=vocabulary: _pretraining_task(
           n, v()), registry=seqio.TaskRegistry)
+  for dataset in nlg.DATASETS:
+    for suffix, vocabulary in vocabularies.items():
+      name = f'{dataset}_local{suffix}'
+      _add(name=name, make=lambda n=name, d=dataset, v=vocabulary: _nlg_task(n, d, v()),
+           registry=seqio.TaskRegistry)
   _add(name=SYNTHETIC_TASK, make=_synthetic_task, registry=seqio.TaskRegistry)
   for name, members in MIXTURES.items():
     rates = [(t, float(TRAIN_SIZES[labels.benchmark_of(t)])) for t in members]

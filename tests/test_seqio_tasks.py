@@ -169,3 +169,26 @@ def test_mini_tasks_use_the_mini_vocabulary(data_dir):
                              shuffle=False).as_numpy_iterator())
   assert _decode(mini, 'inputs', ex['inputs']) == ex['inputs_pretokenized'].decode()
   assert tasks.label_words('glue_sst2_local_mini') == ('negative', 'positive')
+
+
+def test_nlg_tasks_train_on_pairs_and_evaluate_on_all_references(data_dir):
+  if not (data_dir / 'nlg').is_dir():
+    pytest.skip(f'no NLG data at {data_dir / "nlg"}')
+  from jaxpt.data.seqio_batches import eval_examples
+  from tasks import nlg
+  task = tasks.get_task('e2e_local_mini')
+  lengths = {'inputs': 64, 'targets': 64}
+  train = list(task.get_dataset(lengths, split='train', shuffle=False).take(3)
+               .as_numpy_iterator())
+  first = nlg.e2e_examples('train', str(data_dir))[0]
+  # One training example per reference, each with the input's every reference.
+  assert [_decode(task, 'targets', ex['targets']) for ex in train] == list(first.references[:3])
+  assert all(len(ex['references']) == len(first.references) for ex in train)
+  examples = eval_examples('e2e_local_mini', lengths, 'validation')
+  held_out = nlg.e2e_examples('validation', str(data_dir))
+  assert examples['references'] == [list(e.references) for e in held_out]
+  perfect = [refs[0] for refs in examples['references']]
+  scores = tasks.metrics.compute('e2e_local_mini', examples['references'], perfect)
+  assert scores['bleu'] == pytest.approx(100.0) and scores['rouge_l'] == pytest.approx(100.0)
+  webnlg = eval_examples('webnlg_local', lengths, 'test', max_examples=5)
+  assert webnlg['references'][0][0] == 'Abilene, Texas is served by the Abilene regional airport.'

@@ -100,21 +100,29 @@ class TrainBatches:
 
 def eval_examples(task_name: str, feature_lengths: Mapping[str, int], split: str,
                   max_examples: Optional[int] = None) -> Dict[str, Any]:
-  """A whole split, in order: padded `inputs` ids plus the pretokenized texts."""
+  """A whole split, in order: padded `inputs` ids plus the pretokenized texts.
+
+  Generation tasks (E2E, WebNLG) also give `references`: every reference text of each input.
+  """
   import tasks
   task = tasks.get_task(task_name)
   ds = task.get_dataset(dict(feature_lengths), split=split, shuffle=False, num_epochs=1)
   if max_examples:
     ds = ds.take(max_examples)
-  inputs, input_texts, target_texts = [], [], []
+  inputs, input_texts, target_texts, references = [], [], [], []
   for ex in ds.as_numpy_iterator():
     inputs.append(ex['inputs'])
     input_texts.append(_text(ex.get('inputs_pretokenized', b'')))
     target_texts.append(_text(ex.get('targets_pretokenized', b'')))
+    if 'references' in ex:
+      references.append([_text(r) for r in ex['references']])
   if not inputs:
     raise ValueError(f'task {task_name!r} split {split!r} has no examples')
-  return {'inputs': pad_rows(inputs, feature_lengths['inputs']), 'input_texts': input_texts, 'target_texts': target_texts,
-          'vocabulary': task.output_features['targets'].vocabulary}
+  out = {'inputs': pad_rows(inputs, feature_lengths['inputs']), 'input_texts': input_texts,
+         'target_texts': target_texts, 'vocabulary': task.output_features['targets'].vocabulary}
+  if references:
+    out['references'] = references
+  return out
 
 
 def _text(value: Any) -> str:

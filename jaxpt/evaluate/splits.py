@@ -66,7 +66,10 @@ def score_split(model: PromptedModel, params: Any, task_name: str,
     texts = predict_texts(model, params, inputs, vocab, batch_size=batch_size,
                           max_decode_length=max_decode_length)
     predictions = [tasks.postprocess(task_name, text) for text in texts]
-  targets = [tasks.postprocess(task_name, t) for t in examples['target_texts']]
+  if 'references' in examples:  # generation: every reference of each input
+    targets = examples['references']
+  else:
+    targets = [tasks.postprocess(task_name, t) for t in examples['target_texts']]
   try:
     metrics = tasks.metrics.compute(task_name, targets, predictions)
   except ValueError as e:  # e.g. MultiRC without question groups: report accuracy
