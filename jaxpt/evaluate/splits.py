@@ -39,9 +39,11 @@ def _batched(fn: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray,
 
 
 def predict_texts(model: PromptedModel, params: Any, inputs: np.ndarray, vocab: Any, *,
-                  batch_size: int = 32, max_decode_length: int = 16) -> list:
-  """Greedy-decoded texts of every input row."""
-  generate = jax.jit(lambda p, enc: model.generate(p, enc, max_decode_length))
+                  batch_size: int = 32, max_decode_length: int = 16, strategy: str = 'greedy',
+                  num_beams: int = 4) -> list:
+  """Decoded texts of every input row (greedy, or beam search with `num_beams`)."""
+  generate = jax.jit(lambda p, enc: model.generate(p, enc, max_decode_length,
+                                                   strategy=strategy, num_beams=num_beams))
   rows = _batched(lambda enc: generate(params, enc), inputs, batch_size)
   return [vocab.decode([int(t) for t in row if t > EOS_ID]) for row in rows]
 
