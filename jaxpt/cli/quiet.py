@@ -39,13 +39,15 @@ def stderr_silenced():
 class _SilentLoader(importlib.abc.Loader):
   """A module loader that runs another's `exec_module` with stderr silenced."""
 
-  def __init__(self, loader: Any):
-    self._loader = loader
+  def __init__(self, loader: Any, finder: '_SilentImport'):
+    self._loader, self._finder = loader, finder
 
   def create_module(self, spec: Any) -> Optional[Any]:
     return self._loader.create_module(spec)
 
   def exec_module(self, module: Any) -> None:
+    if self._finder in sys.meta_path:  # loaded once: the finder's job is done
+      sys.meta_path.remove(self._finder)
     with stderr_silenced():
       self._loader.exec_module(module)
 
@@ -54,7 +56,8 @@ class _SilentLoader(importlib.abc.Loader):
 
 
 class _SilentImport(importlib.abc.MetaPathFinder):
-  """Finds `name` as usual, then loads it silenced (once: it removes itself)."""
+  """Finds `name` as the other finders do, and loads it silenced (the first load removes
+  this finder; a mere `importlib.util.find_spec` probe does not)."""
 
   def __init__(self, name: str):
     self.name = name
@@ -62,11 +65,15 @@ class _SilentImport(importlib.abc.MetaPathFinder):
   def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Optional[Any]:
     if fullname != self.name:
       return None
-    sys.meta_path.remove(self)
-    spec = importlib.util.find_spec(fullname)
-    if spec is not None and spec.loader is not None:
-      spec.loader = _SilentLoader(spec.loader)
-    return spec
+    for finder in sys.meta_path:
+      if finder is self or not hasattr(finder, 'find_spec'):
+        continue
+      spec = finder.find_spec(fullname, path, target)
+      if spec is not None:
+        if spec.loader is not None:
+          spec.loader = _SilentLoader(spec.loader, self)
+        return spec
+    return None
 
 
 def quiet_tensorflow(user_level: Optional[str]) -> None:

@@ -113,6 +113,10 @@ def eval_examples(task_name: str, feature_lengths: Mapping[str, int], split: str
   """A whole split, in order: padded `inputs` ids plus the pretokenized texts."""
   import tasks
   task = tasks.get_task(task_name)
+  if split not in task.splits:
+    raise ValueError(f'task {task_name!r} has no split {split!r} (its splits: '
+                     f'{", ".join(task.splits)}): set jaxpt.train.eval_split (None: no evaluation), '
+                     f'jaxpt.evaluate.split or jaxpt.infer.split')
   ds = task.get_dataset(dict(feature_lengths), split=split, shuffle=False, num_epochs=1)
   if max_examples:
     ds = ds.take(max_examples)
