@@ -64,6 +64,26 @@ def test_readme_first_command_beats_the_majority_class(demo_run):
   assert float(match[3]) > float(match[1]) + 20
 
 
+def test_each_demo_task_writes_its_own_directory(tmp_path, monkeypatch):
+  """`jaxpt demo --task sst2` writes runs/demo_sst2 and leaves the default's runs/demo alone."""
+  from jaxpt.cli import demo
+  assert demo.output_dir('synthetic_two_class') == os.path.join('runs', 'demo')
+  assert demo.output_dir('glue_sst2_local_mini') == os.path.join('runs', 'demo_sst2')
+  # run() takes the directory from the task it loaded: stop it right after that choice
+  monkeypatch.chdir(tmp_path)
+  chosen = []
+  monkeypatch.setattr(demo, 'load_task', lambda task: ('glue_sst2_local_mini', [], [], 'SST-2'))
+  monkeypatch.setattr(demo, 'output_dir', lambda name: chosen.append(name) or 'x')
+
+  def stop(*args, **kwargs):
+    raise RuntimeError('stop')
+
+  monkeypatch.setattr(demo.jaxpt, 'load_model', stop)
+  with pytest.raises(RuntimeError, match='stop'):
+    demo.run(task='sst2')
+  assert chosen == ['glue_sst2_local_mini']
+
+
 def test_bad_path_exits_2_without_traceback(tmp_path):
   proc = subprocess.run([sys.executable, '-m', 'jaxpt', 'summary', str(tmp_path / 'nope')],
                         capture_output=True, text=True, timeout=120)
