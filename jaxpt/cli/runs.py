@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 import jaxpt
+from jaxpt import storage
 from jaxpt.checkpoints.prompts import MANIFEST, load_prompt
 from jaxpt.cli import run_dir
 from jaxpt.data.features import pad_rows
@@ -103,6 +104,10 @@ def _backbone(initial_checkpoint_path: Optional[str], model_config: Optional[T5C
   """
   overrides = _run_overrides(model_config, frozen_dtype)
   if initial_checkpoint_path:
+    if storage.is_gs(initial_checkpoint_path):
+      print(f'backbone: reading {initial_checkpoint_path} from Google Cloud Storage (needs '
+            f'network; each read gives up after {storage.GS_TIMEOUT_S:g} s without an answer)',
+            flush=True)
     model = jaxpt.load_model(initial_checkpoint_path, partitioning=partitioning, **overrides)
     if model_config is not None:
       _check_structure(model.config, model_config, initial_checkpoint_path)
