@@ -152,6 +152,14 @@ def test_a_t5_vocabulary_task_on_the_mini_backbone_is_refused_before_step_one(tm
     _train(tmp_path, mixture_or_task_name='glue_sst2_local', train_file=None,
            validation_file=None, labels=None, eval_split=None)
   assert not (tmp_path / 'run' / 'checkpoints').exists()
+  import tasks
+  from jaxpt.assets import mini_t5_path
+  from jaxpt.cli import runs
+  mini = tasks.get_task('glue_sst2_local_mini').output_features['targets'].vocabulary
+  runs._check_vocabulary(mini, 8192, mini_t5_path())  # the _mini task's SeqIO vocabulary fits
+  with pytest.raises(ValueError, match=r'\(a ByteVocabulary\) is not the SentencePiece model'):
+    runs._check_vocabulary(tasks.get_task('synthetic_two_class').output_features[
+        'targets'].vocabulary, 8192, mini_t5_path())
 
 
 def test_backbone_vocabulary_prefers_the_backbones_own_model():
