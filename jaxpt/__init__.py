@@ -15,7 +15,13 @@ Public API:
 files under gin/ load with plain `gin.parse_config_files_and_bindings`.
 """
 
-from jaxpt.checkpoints.errors import CheckpointError
+import os as _os
+
+# What the user set, before jax (imported below) sets '1' when unset: the `jaxpt` command
+# keeps TensorFlow's start-up lines quiet unless asked (jaxpt.cli.quiet).
+_USER_TF_LOG_LEVEL = _os.environ.get('TF_CPP_MIN_LOG_LEVEL')
+
+from jaxpt.checkpoints.errors import CheckpointError  # noqa: E402
 from jaxpt.checkpoints.load import load_model
 from jaxpt.checkpoints.save import save_hf, save_model
 from jaxpt.checkpoints.peft import export_peft, import_peft

@@ -90,6 +90,23 @@ def default_vocab_path() -> str:
   return T5_VOCAB_GCS
 
 
+def shipped_model(backbone_path: Optional[str]) -> Optional[str]:
+  """The SentencePiece model a local backbone directory ships (`spiece.model`: HF T5
+  directories, jaxpt's mini T5), or None (T5X checkpoints, gs:// paths, a random init)."""
+  if backbone_path and not str(backbone_path).startswith('gs://'):
+    own = os.path.join(os.fspath(backbone_path), SPIECE_FILE)
+    if os.path.isfile(own):
+      return own
+  return None
+
+
+def model_digest(path: str) -> str:
+  """SHA-256 of a SentencePiece model file's bytes: two vocabularies are the same model
+  when their digests are equal."""
+  import hashlib
+  return hashlib.sha256(storage.read_bytes(os.fspath(path))).hexdigest()
+
+
 def backbone_vocabulary(backbone_path: Optional[str] = None) -> Vocabulary:
   """The vocabulary that goes with a backbone: the one entry point for tokenizers.
 
@@ -97,8 +114,5 @@ def backbone_vocabulary(backbone_path: Optional[str] = None) -> Vocabulary:
   T5 directories, jaxpt's mini T5) uses it; otherwise (T5X checkpoints, a
   random init, no path) T5's public vocabulary (`default_vocab_path`).
   """
-  if backbone_path and not str(backbone_path).startswith('gs://'):
-    own = os.path.join(os.fspath(backbone_path), SPIECE_FILE)
-    if os.path.isfile(own):
-      return Vocabulary(own)
-  return Vocabulary(default_vocab_path())
+  own = shipped_model(backbone_path)
+  return Vocabulary(own or default_vocab_path())

@@ -105,9 +105,12 @@ def split_path(benchmark: str, split: str, data_dir: Optional[str | os.PathLike]
 def read_jsonl(path: str | os.PathLike) -> Iterator[Record]:
   """The JSON objects of a JSONL file, skipping blank lines."""
   with open(path, encoding='utf-8') as f:
-    for line in f:
+    for number, line in enumerate(f, 1):
       if line.strip():
-        yield json.loads(line)
+        try:
+          yield json.loads(line)
+        except json.JSONDecodeError as e:
+          raise ValueError(f'{path}:{number}: not a JSON object: {e.msg}') from None
 
 
 def read_sst2(path: str | os.PathLike) -> Iterator[Record]:
@@ -117,14 +120,23 @@ def read_sst2(path: str | os.PathLike) -> Iterator[Record]:
       line = line.rstrip('\n')
       if not line.strip():
         continue
-      label, sentence = line.split(' ', 1)
-      yield {'sentence': sentence, 'label': int(label), 'idx': idx}
+      try:
+        label, sentence = line.split(' ', 1)
+        label = int(label)
+      except ValueError:
+        raise ValueError(f'{path}:{idx + 1}: expected "<0|1> <sentence>", got '
+                         f'{line[:60]!r}') from None
+      yield {'sentence': sentence, 'label': label, 'idx': idx}
 
 
 def read_glue_tsv(benchmark: str, path: str | os.PathLike) -> Iterator[Record]:
   """MRPC or QQP records from GLUE's TSV files (test files have no label)."""
   with open(path, encoding='utf-8', newline='') as f:
-    for idx, row in enumerate(csv.DictReader(f, delimiter='\t', quoting=csv.QUOTE_NONE)):
+    reader = csv.DictReader(f, delimiter='\t', quoting=csv.QUOTE_NONE)
+    for idx, row in enumerate(reader):
+      if None in row or None in row.values():
+        raise ValueError(f'{path}:{reader.line_num}: the row does not have the '
+                         f'{len(reader.fieldnames)} tab-separated fields of the header')
       if benchmark == 'mrpc':
         label = row.get('Quality')
         yield {'sentence1': row['#1 String'], 'sentence2': row['#2 String'],

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import difflib
 import functools
+import os
+import threading
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Sequence
 
 import numpy as np
@@ -147,14 +149,62 @@ def local_dataset_fn(split: str, shuffle_files: bool = False, seed: int | None =
   return examples_dataset(benchmark, lambda: local.local_examples(benchmark, split, data_dir))
 
 
+TFDS_TIMEOUT_S = 600.0
+"""Default bound, in seconds, on building a TFDS dataset: reading its info and, when it is
+not in the TFDS data directory yet, downloading and preparing it (network).
+$JAXPT_TFDS_TIMEOUT_S overrides it."""
+TFDS_TIMEOUT_VAR = 'JAXPT_TFDS_TIMEOUT_S'
+
+
+def _within(seconds: float, build: Callable[[], Any]) -> Any:
+  """`build()`'s result, or TimeoutError once `seconds` pass (the call is left running in a
+  daemon thread: TFDS offers no way to cancel a download)."""
+  done = threading.Event()
+  out: Dict[str, Any] = {}
+
+  def run():
+    try:
+      out['value'] = build()
+    except BaseException as e:  # handed to the caller
+      out['error'] = e
+    done.set()
+
+  threading.Thread(target=run, daemon=True, name='tfds-build').start()
+  if not done.wait(seconds):
+    raise TimeoutError()
+  if 'error' in out:
+    raise out['error']
+  return out['value']
+
+
 def tfds_dataset_fn(split: str, shuffle_files: bool = False, seed: int | None = None, *,
                     benchmark: str) -> tf.data.Dataset:
-  """A SeqIO dataset_fn over TFDS: `tfds.as_numpy` records -> Python -> the formatter."""
+  """A SeqIO dataset_fn over TFDS: `tfds.as_numpy` records -> Python -> the formatter.
+
+  It says what it reads, and fails with one line (OSError, TimeoutError) when the
+  dataset cannot be built within `TFDS_TIMEOUT_S` (no network to download it, say).
+  """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
+  name = TFDS_NAMES[benchmark]
+  where = os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets'
+  seconds = float(os.environ.get(TFDS_TIMEOUT_VAR) or TFDS_TIMEOUT_S)
+  print(f'data: TFDS dataset {name} split {split!r} from {where} (downloaded and prepared '
+        f'there first when absent: needs network)', flush=True)
+  offline = (f'offline, use the task {task_name(benchmark, "local")!r} over the official '
+             f'files in $JAXPT_DATA_DIR')
   read_config = tfds.ReadConfig(shuffle_seed=seed) if seed is not None else None
-  records = tfds.load(TFDS_NAMES[benchmark], split=split, shuffle_files=shuffle_files,
-                      read_config=read_config)
+  try:
+    records = _within(seconds, lambda: tfds.load(name, split=split, shuffle_files=shuffle_files,
+                                                 read_config=read_config))
+  except TimeoutError:
+    raise TimeoutError(f'TFDS dataset {name} split {split!r}: not built from {where} within '
+                       f'{seconds:g} s (no network to download it?); {offline}, or raise '
+                       f'${TFDS_TIMEOUT_VAR}') from None
+  except Exception as e:  # TFDS raises many kinds: download, missing module, GCS errors
+    reason = ' '.join(str(e).split())[:300]
+    raise OSError(f'TFDS dataset {name} split {split!r}: cannot load it from {where} '
+                  f'({type(e).__name__}: {reason}); {offline}') from e
 
   def examples():
     for record in tfds.as_numpy(records):

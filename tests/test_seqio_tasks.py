@@ -122,6 +122,68 @@ def test_tfds_source_uses_the_same_formatter(monkeypatch):
   assert registry.multirc_metric([target], [-1]) == {'exact_match': 0.0, 'f1a': 0.0}
 
 
+def test_an_unreachable_tfds_source_fails_within_its_bound(monkeypatch, capsys):
+  """A TFDS build that never answers (no network) stops at the bound with one line saying
+  what it read and what to do offline."""
+  import threading
+  import time
+  tfds = pytest.importorskip('tensorflow_datasets')
+  release = threading.Event()
+  monkeypatch.setattr(tfds, 'load', lambda name, **kw: release.wait())
+  monkeypatch.setenv(registry.TFDS_TIMEOUT_VAR, '2')
+  start = time.perf_counter()
+  try:
+    with pytest.raises(TimeoutError) as e:
+      registry.tfds_dataset_fn('train', benchmark='rte')
+  finally:
+    release.set()
+  assert time.perf_counter() - start < 10
+  message = str(e.value)
+  assert 'super_glue/rte' in message and 'within 2 s' in message
+  assert "'super_glue_rte_local'" in message and '\n' not in message
+  assert 'data: TFDS dataset super_glue/rte' in capsys.readouterr().out  # says what it reads
+
+
+def test_a_failing_tfds_source_is_one_line_naming_the_dataset(monkeypatch):
+  tfds = pytest.importorskip('tensorflow_datasets')
+
+  def broken(name, **kwargs):
+    raise ModuleNotFoundError("No module named 'importlib_resources'\n(while downloading)")
+
+  monkeypatch.setattr(tfds, 'load', broken)
+  with pytest.raises(OSError, match=r"glue/sst2 split 'train': cannot load it .*"
+                     r"ModuleNotFoundError.*'glue_sst2_local'") as e:
+    registry.tfds_dataset_fn('train', benchmark='sst2')
+  assert '\n' not in str(e.value)
+
+
+def test_a_malformed_local_line_names_file_and_line(tmp_path):
+  from jaxpt.data.seqio_batches import eval_examples
+  from jaxpt.data.user_files import DataError
+  (tmp_path / 'sst2').mkdir()
+  for split in ('train', 'dev'):
+    (tmp_path / 'sst2' / f'stsa.binary.{split}').write_text('1 a good film\nbroken\n')
+  local.set_data_dir(tmp_path)
+  try:
+    with pytest.raises(DataError, match=r"task 'glue_sst2_local' split 'validation': .*"
+                       r"stsa\.binary\.dev:2: expected"):
+      eval_examples('glue_sst2_local', {'inputs': 16, 'targets': 4}, 'validation')
+  finally:
+    local.set_data_dir(None)
+
+
+def test_tf_data_error_reasons():
+  from jaxpt.data.seqio_batches import read_error_reason
+  csv = ('{{function_node __wrapped__IteratorGetNext_output_types_4_device_/job:localhost}} '
+         'Error in user-defined function passed to ParallelMapDatasetV2:14 transformation with '
+         'iterator: Iterator::Root::MapAndBatch::ParallelMapV2: Expect 2 fields but have 3 in '
+         'record 0\n\t [[{{node DecodeCSV}}]]')
+  assert read_error_reason(csv) == 'Expect 2 fields but have 3 in record 0'
+  generator = ('{{function_node __wrapped__X}} ValueError: a.tsv:3: bad\nTraceback (most '
+               'recent call last):\n  File "x.py", line 1\nValueError: a.tsv:3: bad\n')
+  assert read_error_reason(generator) == 'ValueError: a.tsv:3: bad'
+
+
 def test_postprocess_and_metrics_of_a_task():
   task = tasks.get_task('super_glue_cb')
   ids = [task.postprocess_fn(t) for t in ('neutral', 'entailment', 'nonsense')]

@@ -173,6 +173,23 @@ def test_glue_tsv_readers(tmp_path):
       'inputs': 'qqp question1: Why? question2: How?', 'targets': 'not_duplicate', 'idx': 0}]
 
 
+@pytest.mark.parametrize('name, text, where', [
+    ('stsa.binary.train', '1 a good film\nbroken\n', r'stsa\.binary\.train:2: expected'),
+    ('stsa.binary.train', '1 fine\nx not a label\n', r'stsa\.binary\.train:2: expected'),
+    ('superglue/rte/train.jsonl', '\n{"premise"\n', r'train\.jsonl:2: not a JSON'),
+    ('glue/qqp/train.tsv', 'id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n0\t1\t2\tWhy?\n',
+     r'train\.tsv:2: the row does not have the 6 tab-separated fields'),
+])
+def test_a_malformed_local_file_names_file_and_line(tmp_path, name, text, where):
+  path = tmp_path / ('sst2/' + name if name.startswith('stsa') else name)
+  path.parent.mkdir(parents=True)
+  path.write_text(text)
+  benchmark = {'stsa.binary.train': 'sst2', 'superglue/rte/train.jsonl': 'rte',
+               'glue/qqp/train.tsv': 'qqp'}[name]
+  with pytest.raises(ValueError, match=where):
+    list(local.local_examples(benchmark, 'train', tmp_path))
+
+
 def test_wsc_mark_span_pronoun_first():
   record = {'text': 'He said that Tom is tall .', 'span1_index': 3, 'span1_text': 'Tom',
             'span2_index': 0, 'span2_text': 'He', 'label': 1, 'idx': 2}

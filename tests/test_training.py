@@ -248,3 +248,39 @@ def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_one(setup, tmp
   warning = [line for line in capsys.readouterr().out.splitlines() if 'WARNING' in line]
   assert len(warning) == 1 and str(tmp_path / '2') in warning[0]
   assert len(warning[0]) < 600  # one line, not Orbax's dump
+
+
+def test_the_exported_prompt_never_runs_ahead_of_a_committed_checkpoint(setup, tmp_path,
+                                                                      monkeypatch):
+  """A kill at any moment leaves prompt/ at a step whose training checkpoint is complete:
+  each prompt export comes after its checkpoint's save *and* a wait for it, and finds the
+  finished step directory on disk (not Orbax's temporary one)."""
+  events = []
+  real_save, real_wait = TrainCheckpointer.save, TrainCheckpointer.wait
+  real_export = prompts.save_prompt
+
+  def save(self, step, *args, **kwargs):
+    events.append(('save', step))
+    return real_save(self, step, *args, **kwargs)
+
+  def wait(self):
+    real_wait(self)
+    events.append(('committed', None))
+
+  def export(directory, *args, step=None, **kwargs):
+    events.append(('prompt', step))
+    done = tmp_path / CHECKPOINT_DIR / str(step)
+    assert done.is_dir(), f'prompt step {step} exported before checkpoint {step} was written'
+    return real_export(directory, *args, step=step, **kwargs)
+
+  monkeypatch.setattr(TrainCheckpointer, 'save', save)
+  monkeypatch.setattr(TrainCheckpointer, 'wait', wait)
+  monkeypatch.setattr(prompts, 'save_prompt', export)
+  _run(setup, num_steps=4, model_dir=tmp_path, checkpoint_every=2, log_every=10,
+       async_checkpoints=True, trainable_rules=PROMPT_ONLY)
+  exported = [i for i, (kind, _) in enumerate(events) if kind == 'prompt']
+  assert [events[i][1] for i in exported] == [2, 4]
+  for i in exported:
+    step = events[i][1]
+    saved = events.index(('save', step))
+    assert ('committed', None) in events[saved:i], events

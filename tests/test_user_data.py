@@ -115,11 +115,51 @@ def test_train_refuses_both_or_neither_data_source(tmp_path):
     _train(tmp_path, train_file=None)
 
 
-def test_vocabulary_larger_than_the_embedding_is_refused_before_step_one(tmp_path):
+def test_vocabulary_larger_than_the_embedding_is_refused_before_step_one(vocab_path):
   from jaxpt.cli import runs
-  with pytest.raises(ValueError, match='tokenized for another backbone'):
-    runs._check_vocabulary(32100, 8192, 'jaxpt/assets/mini_t5')
-  runs._check_vocabulary(8100, 8192, 'jaxpt/assets/mini_t5')  # the mini vocabulary fits
+  from jaxpt.vocabulary import Vocabulary
+  t5 = Vocabulary(str(vocab_path))  # 32,100 ids; no backbone model to compare with
+  with pytest.raises(ValueError, match='embeds only 8192: this data is tokenized for another'):
+    runs._check_vocabulary(t5, 8192, None)
+  runs._check_vocabulary(t5, 32128, None)
+
+
+def test_another_sentencepiece_model_than_the_backbones_is_refused(tmp_path, vocab_path):
+  """Compared by content, not size: a backbone whose embedding has room for the T5
+  vocabulary but ships the mini model refuses T5-tokenized data, and accepts its own."""
+  import shutil
+  from jaxpt.assets import mini_t5_path
+  from jaxpt.cli import runs
+  from jaxpt.vocabulary import Vocabulary, backbone_vocabulary
+  backbone = tmp_path / 'backbone'
+  backbone.mkdir()
+  shutil.copy(os.path.join(mini_t5_path(), 'spiece.model'), backbone / 'spiece.model')
+  t5 = Vocabulary(str(vocab_path))
+  with pytest.raises(ValueError, match=r"data's vocabulary \(.*t5_spiece\.model\) is not the "
+                     r'SentencePiece model the backbone .* ships .*T5 checkpoints use the T5 '
+                     r"vocabulary .*mini backbone uses its own spiece\.model"):
+    runs._check_vocabulary(t5, 32128, str(backbone))
+  # a copy of the backbone's model elsewhere is the same vocabulary
+  runs._check_vocabulary(Vocabulary(str(backbone / 'spiece.model')), 32128, str(backbone))
+  runs._check_vocabulary(backbone_vocabulary(mini_t5_path()), 8192, mini_t5_path())
+
+
+def test_a_t5_vocabulary_task_on_the_mini_backbone_is_refused_before_step_one(tmp_path,
+                                                                             vocab_path):
+  """`jaxpt train` with a SeqIO task built for T5 (glue_sst2_local) on the mini backbone."""
+  pytest.importorskip('seqio')
+  with pytest.raises(ValueError, match='is not the SentencePiece model the backbone'):
+    _train(tmp_path, mixture_or_task_name='glue_sst2_local', train_file=None,
+           validation_file=None, labels=None, eval_split=None)
+  assert not (tmp_path / 'run' / 'checkpoints').exists()
+  import tasks
+  from jaxpt.assets import mini_t5_path
+  from jaxpt.cli import runs
+  mini = tasks.get_task('glue_sst2_local_mini').output_features['targets'].vocabulary
+  runs._check_vocabulary(mini, 8192, mini_t5_path())  # the _mini task's SeqIO vocabulary fits
+  with pytest.raises(ValueError, match=r'\(a ByteVocabulary\) is not the SentencePiece model'):
+    runs._check_vocabulary(tasks.get_task('synthetic_two_class').output_features[
+        'targets'].vocabulary, 8192, mini_t5_path())
 
 
 def test_backbone_vocabulary_prefers_the_backbones_own_model():

@@ -77,6 +77,15 @@ def load_task(task: str = 'auto') -> Tuple[str, List[Dict[str, Any]], List[Dict[
               '' if task == 'synthetic' else ' (no SST-2 files found: set JAXPT_DATA_DIR)'))
 
 
+def output_dir(task_name: str) -> str:
+  """Where a demo run writes: `runs/demo` for the default synthetic task, `runs/demo_sst2`
+  for SST-2, so one task's run never overwrites another's."""
+  if task_name == 'synthetic_two_class':
+    return os.path.join('runs', 'demo')
+  from tasks import labels
+  return os.path.join('runs', f'demo_{labels.benchmark_of(task_name)}')
+
+
 def run(seed: int = 0, steps: int = 300, out_dir: Optional[str] = None,
         batch_size: int = 32, backbone_dir: Optional[str] = None, task: str = 'synthetic',
         learning_rate: float = 0.3) -> float:
@@ -85,9 +94,8 @@ def run(seed: int = 0, steps: int = 300, out_dir: Optional[str] = None,
   import tasks
 
   start = time.perf_counter()
-  # Each task keeps its own output directory: `--task sst2` never overwrites the default's.
-  out_dir = out_dir or os.path.join('runs', 'demo' if task == 'synthetic' else f'demo_{task}')
   task_name, train, evaluation, what = load_task(task)
+  out_dir = out_dir or output_dir(task_name)
   print(f'jaxpt demo: prompt tuning a frozen T5 on {what}, offline.')
   backbone_dir = backbone_dir or mini_t5_path()
   model = jaxpt.load_model(backbone_dir)

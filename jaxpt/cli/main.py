@@ -91,9 +91,10 @@ def _split_gin_flags(argv: List[str]):
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-  # TensorFlow (SeqIO, TensorBoard) is only a data and logging layer here: keep its CUDA
-  # probing lines off a CPU machine's console. Set the variable to see them.
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+  import jaxpt
+  from jaxpt.cli.quiet import quiet_tensorflow
+  quiet_tensorflow(jaxpt._USER_TF_LOG_LEVEL)  # pylint: disable=protected-access
+  owns_process = argv is None  # the `jaxpt` command itself, not a call from Python
   argv = list(sys.argv[1:] if argv is None else argv)
   rest, bindings = _split_gin_flags(argv)
   args = _parser().parse_args(rest)
@@ -120,8 +121,21 @@ def main(argv: Optional[List[str]] = None) -> None:
   except Exception as e:  # one clean line unless --debug
     if args.debug or not isinstance(e, (ValueError, OSError, KeyError, RuntimeError)):
       raise
-    print(f'jaxpt {args.command}: error: {e}  (--debug shows the traceback)', file=sys.stderr)
+    print(f'jaxpt {args.command}: error: {one_line(e)}  (--debug shows the traceback)',
+          file=sys.stderr)
+    if owns_process and 'tensorflow' in sys.modules:
+      # A tf.data iterator left by the failed run can hang TensorFlow's teardown at exit:
+      # the message is out, so leave at once.
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(2)
     sys.exit(2)
+
+
+def one_line(error: BaseException) -> str:
+  """The error's message on one line, without the call site gin appends to it."""
+  text = str(error).split("\n  In call to configurable")[0]
+  return ' '.join(part.strip() for part in text.splitlines() if part.strip())
 
 
 def _run_gin_command(args: argparse.Namespace, bindings: List[str]) -> None:

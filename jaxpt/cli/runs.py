@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 import jaxpt
+from jaxpt import storage
 from jaxpt.checkpoints.prompts import MANIFEST, load_prompt
 from jaxpt.cli import run_dir
 from jaxpt.data.features import pad_rows
@@ -30,7 +31,7 @@ from jaxpt.methods.prompt import PromptInit
 from jaxpt.models.config import T5Config, find_preset
 from jaxpt.models.t5 import init_params
 from jaxpt.prompted.base import prompted_model
-from jaxpt.vocabulary import EOS_ID, UNK_ID, backbone_vocabulary
+from jaxpt.vocabulary import EOS_ID, UNK_ID, backbone_vocabulary, model_digest, shipped_model
 
 CONFIG_FILE = 'config.gin'
 OPERATIVE_CONFIG_FILE = 'operative_config.gin'
@@ -103,6 +104,10 @@ def _backbone(initial_checkpoint_path: Optional[str], model_config: Optional[T5C
   """
   overrides = _run_overrides(model_config, frozen_dtype)
   if initial_checkpoint_path:
+    if storage.is_gs(initial_checkpoint_path):
+      print(f'backbone: reading {initial_checkpoint_path} from Google Cloud Storage (needs '
+            f'network; each read gives up after {storage.GS_TIMEOUT_S:g} s without an answer)',
+            flush=True)
     model = jaxpt.load_model(initial_checkpoint_path, partitioning=partitioning, **overrides)
     if model_config is not None:
       _check_structure(model.config, model_config, initial_checkpoint_path)
@@ -207,6 +212,7 @@ class _RunData(NamedTuple):
   encode: Callable[[str], Sequence[int]]
   vocab_size: Optional[int]
   evaluate: Optional[Callable[[Any, Any], Dict[str, Any]]]
+  vocab: Any  # what tokenized the data (its SentencePiece model is checked against the backbone's)
 
 
 def _task_data(task_name: str, eval_split: Optional[str],
@@ -230,7 +236,7 @@ def _task_data(task_name: str, eval_split: Optional[str],
           f'of the {batch_size} rows of each batch', flush=True)
   return _RunData(batches,
                   lambda text: list(vocab.encode(text)), getattr(vocab, 'vocab_size', None),
-                  evaluate)
+                  evaluate, vocab)
 
 
 def _file_data(train_file: str, validation_file: Optional[str], vocab: Any,
@@ -268,7 +274,7 @@ def _file_data(train_file: str, validation_file: Optional[str], vocab: Any,
     evaluate = lambda model, params: score_examples(model, params, held_inputs, targets, vocab,
                                                     words)['metrics']
   return _RunData(ClassificationBatches(inputs, rows, table, batch_size, seed),
-                  vocab.encode, vocab.vocab_size, evaluate)
+                  vocab.encode, vocab.vocab_size, evaluate, vocab)
 
 
 def _read_user_inputs(path: str, checkpoint: Optional[str], feature_lengths: Mapping[str, int],
@@ -319,15 +325,37 @@ def _report_truncation(path: str, texts: Sequence[str], vocab: Any, length: int)
           flush=True)
 
 
-def _check_vocabulary(vocab_size: Optional[int], embedding_rows: int,
-                      checkpoint: Optional[str]) -> None:
-  """Refuses a vocabulary with ids the backbone's embedding does not have."""
+def vocabulary_file(vocab: Any) -> Optional[str]:
+  """The SentencePiece model file of a jaxpt or SeqIO vocabulary (None for another kind,
+  e.g. SeqIO's ByteVocabulary)."""
+  return getattr(vocab, 'sentencepiece_model_file', None) or (
+      getattr(vocab, 'path', None) if hasattr(vocab, 'base_size') else None)
+
+
+_WHICH_GOES_WITH_WHICH = (
+    "T5 checkpoints use the T5 vocabulary (32,100 ids: the tasks without _mini); jaxpt's mini "
+    'backbone uses its own spiece.model (8,100 ids: the *_mini tasks); TRAIN_FILE / EVAL_FILE / '
+    "INPUT_FILE runs always tokenize with the backbone's own")
+
+
+def _check_vocabulary(vocab: Any, embedding_rows: int, checkpoint: Optional[str]) -> None:
+  """Refuses data tokenized for another backbone: another SentencePiece model than the one
+  the backbone ships (compared by content), or ids the backbone's embedding does not have."""
+  shipped = shipped_model(checkpoint)
+  if shipped is not None:
+    used = vocabulary_file(vocab)
+    if used is None or model_digest(used) != model_digest(shipped):
+      what = used or f'a {type(vocab).__name__}'
+      raise ValueError(
+          f"the data's vocabulary ({what}) is not the SentencePiece model the backbone "
+          f'{checkpoint} ships ({shipped}): this data is tokenized for another backbone. '
+          f'{_WHICH_GOES_WITH_WHICH}')
+  vocab_size = getattr(vocab, 'vocab_size', None)
   if vocab_size is not None and vocab_size > embedding_rows:
     raise ValueError(
         f'the vocabulary has {vocab_size} ids but the backbone '
         f'({checkpoint or "random init"}) embeds only {embedding_rows}: this data is '
-        f'tokenized for another backbone. T5 checkpoints use the T5 vocabulary (32,100 ids); '
-        f"jaxpt's mini backbone uses its own (8,100: the *_mini tasks)")
+        f'tokenized for another backbone. {_WHICH_GOES_WITH_WHICH}')
 
 
 # ------------------------------------------------------------------------------- the runs
@@ -400,7 +428,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: Optional[str] 
     else:
       data = _task_data(mixture_or_task_name, eval_split, task_feature_lengths,
                         method.prompt_length, batch_size, seed, eval_examples, data_shards)
-    _check_vocabulary(data.vocab_size, model.config.vocab_size, initial_checkpoint_path)
+    _check_vocabulary(data.vocab, model.config.vocab_size, initial_checkpoint_path)
     if (labels and isinstance(method, PromptInit) and method.initializer == 'class_labels'
         and not method.class_labels):  # the paper's class-label init reads the run's labels
       method = dataclasses.replace(method, class_labels=tuple(labels))
@@ -574,6 +602,7 @@ def evaluate(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: Optional[st
   else:
     _, lengths = _task_setup(mixture_or_task_name, task_feature_lengths, method.prompt_length)
     examples = read_eval(mixture_or_task_name, lengths, split, max_examples)
+    _check_vocabulary(examples['vocabulary'], model.config.vocab_size, initial_checkpoint_path)
     out = score_split(prompted, params, mixture_or_task_name, examples, batch_size=batch_size)
     name = mixture_or_task_name
   record = {'split': split, 'task': name, 'prompt': path,
@@ -631,6 +660,7 @@ def infer(*, model_dir: str = gin.REQUIRED, task_feature_lengths: Mapping[str, i
   elif mixture_or_task_name:
     examples = read_eval(mixture_or_task_name, lengths, split, max_examples)
     vocab = examples['vocabulary']
+    _check_vocabulary(vocab, model.config.vocab_size, initial_checkpoint_path)
   else:
     raise ValueError('infer needs INPUT_FILE, INPUT_TSV or MIXTURE_OR_TASK_NAME')
   params = {'backbone': model.params, 'method': method_params}

@@ -7,12 +7,17 @@ exactly the batch it would have seen. Each host reads only its shard.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, Mapping, Optional
+import contextlib
+import glob
+import logging
+import re
+from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 import jax
 import numpy as np
 
 from jaxpt.data.features import pad_rows
+from jaxpt.data.user_files import DataError
 
 
 def shard_info() -> Any:
@@ -80,18 +85,23 @@ class TrainBatches:
 
   def _dataset(self, shard: int, skip: int):
     import seqio
-    ds = seqio.get_dataset(self.task_name, self.feature_lengths, dataset_split=self.split,
+    with _no_cache_advice():
+      ds = seqio.get_dataset(self.task_name, self.feature_lengths, dataset_split=self.split,
                            shuffle=True, num_epochs=None, shard_info=self.shard_info(shard),
-                           feature_converter=seqio.EncDecFeatureConverter(pack=False),
-                           seed=self.seed)
+                             feature_converter=seqio.EncDecFeatureConverter(pack=False),
+                             seed=self.seed)
     return ds.batch(self.rows_per_shard, drop_remainder=True).skip(skip)
 
   def __call__(self, position: int) -> Dict[str, np.ndarray]:
-    if self._iterators is None or position != self._position:
-      self._iterators = [self._dataset(shard, position).as_numpy_iterator()
-                         for shard in self.shards]
-      self._position = position
-    parts = [next(it) for it in self._iterators]
+    with naming_the_data(self.task_name, self.split):
+      if self._iterators is None or position != self._position:
+        self._iterators = [self._dataset(shard, position).as_numpy_iterator()
+                           for shard in self.shards]
+        self._position = position
+      try:
+        parts = [next(it) for it in self._iterators]
+      except StopIteration:
+        raise DataError(f'task {self.task_name!r} split {self.split!r} has no examples') from None
     self._position += 1
     keys = [k for k in parts[0] if k in ('encoder_input_tokens', 'decoder_input_tokens',
                                          'decoder_target_tokens', 'decoder_loss_weights')]
@@ -106,16 +116,21 @@ def eval_examples(task_name: str, feature_lengths: Mapping[str, int], split: str
   """
   import tasks
   task = tasks.get_task(task_name)
+  if split not in task.splits:
+    raise ValueError(f'task {task_name!r} has no split {split!r} (its splits: '
+                     f'{", ".join(task.splits)}): set jaxpt.train.eval_split (None: no evaluation), '
+                     f'jaxpt.evaluate.split or jaxpt.infer.split')
   ds = task.get_dataset(dict(feature_lengths), split=split, shuffle=False, num_epochs=1)
   if max_examples:
     ds = ds.take(max_examples)
   inputs, input_texts, target_texts, references = [], [], [], []
-  for ex in ds.as_numpy_iterator():
-    inputs.append(ex['inputs'])
-    input_texts.append(_text(ex.get('inputs_pretokenized', b'')))
-    target_texts.append(_text(ex.get('targets_pretokenized', b'')))
-    if 'references' in ex:
-      references.append([_text(r) for r in ex['references']])
+  with naming_the_data(task_name, split):
+    for ex in ds.as_numpy_iterator():
+      inputs.append(ex['inputs'])
+      input_texts.append(_text(ex.get('inputs_pretokenized', b'')))
+      target_texts.append(_text(ex.get('targets_pretokenized', b'')))
+      if 'references' in ex:
+        references.append([_text(r) for r in ex['references']])
   if not inputs:
     raise ValueError(f'task {task_name!r} split {split!r} has no examples')
   out = {'inputs': pad_rows(inputs, feature_lengths['inputs']), 'input_texts': input_texts,
@@ -127,3 +142,90 @@ def eval_examples(task_name: str, feature_lengths: Mapping[str, int], split: str
 
 def _text(value: Any) -> str:
   return value.decode('utf-8') if isinstance(value, bytes) else str(value)
+
+
+class _CacheAdvice(logging.Filter):
+  """Drops SeqIO's advice to cache a FunctionDataSource task before training on it.
+
+  The advice is about reshuffled restarts; `TrainBatches` rebuilds the same seeded stream
+  and skips to the data position, so a resumed run sees exactly its batches.
+  """
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith('Using an uncached FunctionDataset for training')
+
+
+@contextlib.contextmanager
+def _no_cache_advice():
+  logger, advice = logging.getLogger('absl'), _CacheAdvice()
+  logger.addFilter(advice)
+  try:
+    yield
+  finally:
+    logger.removeFilter(advice)
+
+
+@contextlib.contextmanager
+def naming_the_data(task_name: str, split: str):
+  """Turns TensorFlow's failure to read a task's examples into a one-line `DataError`
+  naming the task, its files (and the line, when the error says enough to find it)."""
+  import tensorflow as tf
+  try:
+    yield
+  except tf.errors.OpError as e:
+    reason = read_error_reason(e.message)
+    files = _source_files(task_name, split)
+    line = _bad_field_count_line(files, reason)
+    where = f'{line}: ' if line else (f'{", ".join(files)}: ' if files else '')
+    raise DataError(f'task {task_name!r} split {split!r}: {where}cannot read an example: '
+                    f'{reason}') from None
+
+
+def read_error_reason(message: str) -> str:
+  """The cause in a tf.data error message, on one line: a Python generator's exception
+  (`ValueError: ...`), or the failing op's own words without TensorFlow's node and
+  iterator names."""
+  for line in message.splitlines():
+    match = re.match(r'^(?:\{\{[^}]*\}\}\s*)?(\w*(?:Error|Exception): .*)$', line.strip())
+    if match:
+      return match[1]
+  first = re.sub(r'^\{\{[^}]*\}\}\s*', '', message.strip().splitlines()[0] if message.strip()
+                 else '')
+  first = re.sub(r'^.*transformation with iterator: [\w:]+: ', '', first)
+  return first.strip() or 'unknown error'
+
+
+def _source_files(task_name: str, split: str) -> List[str]:
+  """The local files a task (or a mixture's tasks) reads for `split`, when its source is
+  a SeqIO file source (TextLineDataSource, TFExampleDataSource, ...)."""
+  import seqio
+  try:
+    provider = seqio.get_mixture_or_task(task_name)
+    found = []
+    for task in getattr(provider, 'tasks', None) or [provider]:
+      if isinstance(task.source, seqio.FileDataSource) and split in task.source.splits:
+        found += [f for pattern in task.source.list_shards(split)
+                  for f in (sorted(glob.glob(pattern)) or [pattern])]
+    return found
+  except Exception:  # naming the files is a courtesy: the error itself is what matters
+    return []
+
+
+def _bad_field_count_line(files: List[str], reason: str) -> Optional[str]:
+  """'file:line' of the first row with the field count a CSV/TSV parse error names."""
+  match = re.search(r'Expect (\d+) fields but have (\d+)', reason)
+  if not match:
+    return None
+  have = int(match[2])
+  for path in files:
+    if '://' in path:
+      continue
+    delimiter = ',' if path.endswith('.csv') else '\t'
+    try:
+      with open(path, encoding='utf-8', errors='replace') as f:
+        for number, line in enumerate(f, 1):
+          if len(line.rstrip('\r\n').split(delimiter)) == have:
+            return f'{path}:{number}'
+    except OSError:
+      continue
+  return None
