@@ -270,3 +270,11 @@ def test_jaxpt_train_starts_from_a_source_prompt_through_gin(tmp_path, capsys):
   _, peft_params = import_peft(tmp_path / 'peft', config)
   np.testing.assert_array_equal(peft_params['prompt'], mpt_params['shared'])
   capsys.readouterr()
+
+
+def test_source_prompt_unset_is_a_clear_error():
+  from jaxpt.checkpoints.transfer import source_prompt
+  import gin
+  for unset in (None, gin.REQUIRED):
+    with pytest.raises(ValueError, match='SOURCE_PROMPT'):
+      source_prompt(unset)

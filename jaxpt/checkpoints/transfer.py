@@ -65,6 +65,9 @@ def source_prompt(path: str, task: Optional[int] = None, model: Any = None) -> n
     model: when given, the target's backbone; it must be the one the source was
       trained on (the fingerprints are compared).
   """
+  if not isinstance(path, (str, os.PathLike)):  # e.g. gin's REQUIRED left unset
+    raise ValueError('prompt transfer needs a source prompt checkpoint: set '
+                     "--gin.SOURCE_PROMPT=\"'path/to/prompt'\"")
   method, params, _ = prompt_checkpoints.load_prompt(path, model)
   return pick_task(task_prompts(method, params), task, path)
 
