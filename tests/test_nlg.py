@@ -110,3 +110,33 @@ def test_grouped_scores_and_bad_input():
     gm.bleu(['x'], [()])
   with pytest.raises(ValueError, match='unknown generation metrics'):
     gm.generation_scores(preds, REFS, ['meteor'])
+
+
+class _Letters:
+  """A toy vocabulary: id k > 1 is the letter chr(ord('a') + k % 26)."""
+
+  def decode(self, ids):
+    return ' '.join(chr(ord('a') + i % 26) for i in ids)
+
+
+def test_score_split_decodes_generation_tasks_with_beams_against_every_reference():
+  import jax
+  import numpy as np
+  from jaxpt.evaluate.splits import score_split
+  from jaxpt.models.t5 import init_params
+  from jaxpt.prompted.base import prompted_model
+  from tests.tiny_configs import CONFIG
+  model = prompted_model(CONFIG)
+  params = {'backbone': init_params(CONFIG, jax.random.key(0)), 'method': {}}
+  inputs = np.asarray([[5, 6, 7, 1], [8, 9, 1, 0], [10, 1, 0, 0]], np.int32)
+  references = [['a b', 'c d'], ['e'], ['f g h']]
+  examples = {'inputs': inputs, 'target_texts': [r[0] for r in references],
+              'references': references, 'vocabulary': _Letters()}
+  out = {s: score_split(model, params, 'e2e_local', examples, batch_size=2, max_decode_length=6,
+                        strategy=s, num_beams=3) for s in ('greedy', 'beam')}
+  for result in out.values():
+    assert set(result['metrics']) == set(gm.METRICS) and len(result['predictions']) == 3
+    assert result['targets'] == [r[0] for r in references]
+  # The scores are those of the decoded texts against all references.
+  beam = out['beam']
+  assert beam['metrics'] == gm.generation_scores(beam['predictions'], references)

@@ -575,10 +575,15 @@ def evaluate(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: Optional[st
              partitioning: Optional[Any] = None,
              frozen_dtype: Optional[str] = None, eval_file: Optional[str] = None,
              input_template: Optional[str] = None, input_field: str = 'input',
-             target_field: str = 'target', labels: Optional[Sequence[str]] = None
+             target_field: str = 'target', labels: Optional[Sequence[str]] = None,
+             decoding: str = 'greedy', num_beams: int = 4
              ) -> Dict[str, Any]:
   """Scores a trained prompt on a task split, or on your own file (`eval_file`: TSV / CSV /
-  JSONL read as `jaxpt train` reads TRAIN_FILE); writes eval_metrics.jsonl + TensorBoard."""
+  JSONL read as `jaxpt train` reads TRAIN_FILE); writes eval_metrics.jsonl + TensorBoard.
+
+  Free-text tasks (E2E, WebNLG, ...) decode up to the target length with `decoding`
+  ('greedy' or 'beam' with `num_beams`; the prefix-tuning paper decodes with 5 beams), at
+  least 16 tokens."""
   from jaxpt.data.seqio_batches import eval_examples as read_eval
 
   if bool(mixture_or_task_name) == bool(eval_file):
@@ -603,7 +608,9 @@ def evaluate(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: Optional[st
     _, lengths = _task_setup(mixture_or_task_name, task_feature_lengths, method.prompt_length)
     examples = read_eval(mixture_or_task_name, lengths, split, max_examples)
     _check_vocabulary(examples['vocabulary'], model.config.vocab_size, initial_checkpoint_path)
-    out = score_split(prompted, params, mixture_or_task_name, examples, batch_size=batch_size)
+    out = score_split(prompted, params, mixture_or_task_name, examples, batch_size=batch_size,
+                      max_decode_length=max(lengths['targets'], 16), strategy=decoding,
+                      num_beams=num_beams)
     name = mixture_or_task_name
   record = {'split': split, 'task': name, 'prompt': path,
             'examples': len(out['targets']), **out['metrics'],

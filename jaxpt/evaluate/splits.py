@@ -50,11 +50,12 @@ def predict_texts(model: PromptedModel, params: Any, inputs: np.ndarray, vocab: 
 
 def score_split(model: PromptedModel, params: Any, task_name: str,
                 examples: Mapping[str, Any], batch_size: int = 32,
-                max_decode_length: int = 16) -> Dict[str, Any]:
+                max_decode_length: int = 16, strategy: str = 'greedy',
+                num_beams: int = 4) -> Dict[str, Any]:
   """Predictions and the task's metrics for a split.
 
   Classification tasks use rank classification over the label words (the
-  paper's evaluation); free-text tasks use greedy decoding.
+  paper's evaluation); free-text tasks decode (`strategy` 'greedy' or 'beam').
   """
   import tasks
   vocab = examples['vocabulary']
@@ -66,7 +67,8 @@ def score_split(model: PromptedModel, params: Any, task_name: str,
     texts = [tasks.label_words(task_name)[i] for i in predictions]
   else:
     texts = predict_texts(model, params, inputs, vocab, batch_size=batch_size,
-                          max_decode_length=max_decode_length)
+                          max_decode_length=max_decode_length, strategy=strategy,
+                          num_beams=num_beams)
     predictions = [tasks.postprocess(task_name, text) for text in texts]
   if 'references' in examples:  # generation: every reference of each input
     targets = examples['references']
