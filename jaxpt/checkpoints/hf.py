@@ -437,7 +437,7 @@ def hf_sources(directory: str) -> Tuple[T5Config, Dict[str, Tuple[Tuple[int, ...
     config = config.replace(logits_via_embedding=False)
   mapping = _param_map(config, 'lm_head.weight' if untied else 'shared.weight')
 
-  from jaxpt.models.t5 import abstract_params
+  from jaxpt.models.backbones import abstract_params
   expected = traverse_util.flatten_dict(abstract_params(config), sep='/')
   problems: List[str] = []
   for path, (name, transpose) in mapping.items():
