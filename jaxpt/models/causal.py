@@ -147,7 +147,7 @@ class CausalAttention(nn.Module):
     out = jnp.einsum('bhgqk,bkhd->bqhgd', probs, value.astype(cfg.compute_dtype))
     out = out.reshape(b, n, heads * d)
     out = Dense(cfg.emb_dim, ('joined_kv', 'embed'), normal((heads * d) ** -0.5), cfg,
-                cfg.dense_bias, name='out')(out)
+                cfg.attention_out_bias, name='out')(out)
     return out, new_cache
 
 

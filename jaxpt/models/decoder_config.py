@@ -38,7 +38,10 @@ class DecoderConfig:
     max_positions: rows of GPT-2's position table (informational for llama).
     rope_theta: RoPE base (llama).
     tie_embeddings: logits through the token embedding (no separate lm_head).
-    qkv_bias: biases on the query/key/value projections (always on for gpt2).
+    qkv_bias: biases on the query/key/value projections (always on for gpt2;
+      Qwen2's q/k/v biases).
+    out_bias: a bias on the attention output projection too (always on for gpt2;
+      Llama's `attention_bias=true` sets both).
     layer_norm_epsilon: LayerNorm / RMSNorm epsilon.
     dropout_rate, dtype, param_dtype, scan_layers, remat_policy: as in `T5Config`.
     pad_token_id / bos_token_id / eos_token_id: token conventions; id 0 is
@@ -57,6 +60,7 @@ class DecoderConfig:
   rope_theta: float = 10000.0
   tie_embeddings: bool = True
   qkv_bias: bool = True
+  out_bias: bool = False
   layer_norm_epsilon: float = 1e-5
   dropout_rate: float = 0.0
   dtype: str = 'float32'
@@ -112,6 +116,10 @@ class DecoderConfig:
   @property
   def attention_bias(self) -> bool:
     return self.family == 'gpt2' or self.qkv_bias
+
+  @property
+  def attention_out_bias(self) -> bool:
+    return self.family == 'gpt2' or self.out_bias
 
   @property
   def is_encoder_decoder(self) -> bool:
