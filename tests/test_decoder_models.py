@@ -99,3 +99,19 @@ def test_logits_equal_transformers_with_padding(family, tmp_path):
   import transformers
   back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / 'out').eval()
   np.testing.assert_allclose(_hf_logits(back, tokens, valid)[valid], ref[valid], atol=1e-5)
+
+
+def test_partitioning_shards_decoder_params_by_their_axes():
+  from jaxpt.partitioning import logical_axis_rules, make_mesh, param_shardings
+  config = decoder_preset('llama', 'tiny', scan_layers=True)
+  shardings = param_shardings(config, make_mesh(num_partitions=1), logical_axis_rules())
+  shapes = abstract_params(config)
+  assert jax.tree.structure(shardings) == jax.tree.structure(shapes)
+  query = shardings['decoder']['layers']['self_attention']['query']['kernel']
+  assert query.spec == jax.sharding.PartitionSpec(None, None, 'model')  # joined_kv -> model
+
+
+def test_summary_names_the_preset():
+  config = decoder_preset('gpt2', 'tiny')
+  model = jaxpt.Model(config, init_params(config, jax.random.key(0)))
+  assert model.summary().startswith('gpt2 (gpt2/tiny)')

@@ -260,7 +260,7 @@ class CausalLM(nn.Module):
                        f'got {self.prefix_position!r}')
     if prefix is not None and cache is not None:
       raise ValueError('a cached call takes its prefix from init_cache, not `prefix`')
-    embedder = Embed(cfg, name='token_embedder')
+    embedder = Embed(cfg, 0.02, name='token_embedder')  # transformers' initializer_range
     x = embedder(tokens)
     valid = valid.astype(bool)
     if prompt is not None:

@@ -52,10 +52,11 @@ class Embed(nn.Module):
   """Token embedding; `attend` gives tied logits."""
 
   config: T5Config
+  init_stddev: float = 1.0  # T5X's; transformers' GPT-2 / Llama use 0.02
 
   def setup(self):
     self.embedding = self.param(
-        'embedding', nn.with_logical_partitioning(normal(1.0), ('vocab', 'embed')),
+        'embedding', nn.with_logical_partitioning(normal(self.init_stddev), ('vocab', 'embed')),
         (self.config.vocab_size, self.config.emb_dim), jnp.dtype(self.config.param_dtype))
 
   def __call__(self, tokens: Array) -> Array:
