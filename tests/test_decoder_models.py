@@ -51,6 +51,7 @@ def _padded(vocab, seed=0):
   return np.where(valid, tokens, 0), valid
 
 
+@pytest.mark.slow  # 10-40 s each on 2 CPU cores
 @pytest.mark.parametrize('family', ['gpt2', 'llama'])
 @pytest.mark.parametrize('policy', ['none', 'full'])
 def test_scan_and_remat_equal_unscanned(family, policy):
@@ -79,6 +80,7 @@ def _hf_logits(model, tokens, valid):
   return out.logits.numpy()
 
 
+@pytest.mark.slow  # 12-35 s each (transformers and torch import, three models)
 @pytest.mark.parametrize('family', ['gpt2', 'llama', 'llama_tied_bias'])
 def test_logits_equal_transformers_with_padding(family, tmp_path):
   from tests import hf_fixtures

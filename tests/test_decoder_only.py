@@ -81,7 +81,7 @@ def test_cached_greedy_equals_uncached_and_padding_sides_agree(family, name):
                              m.score_targets(params, jnp.asarray(right), targets), atol=1e-5)
 
 
-@pytest.mark.parametrize('family', ['gpt2', 'llama'])
+@pytest.mark.parametrize('family', [pytest.param('gpt2', marks=pytest.mark.slow), 'llama'])
 def test_loss_only_on_targets_and_scores_match_logits(family):
   m, params = _model(family, METHODS['prefix'])
   right, _ = _inputs()
