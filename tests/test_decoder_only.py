@@ -50,7 +50,7 @@ def _greedy_uncached(m, params, inputs, steps):
   """Reference: the whole sequence re-encoded for every new token."""
   seq, real = (np.asarray(a) for a in start_and_inputs(jnp.asarray(inputs)))
   # Generated ids are real tokens, even a generated 0.
-  last = jax.jit(lambda p, t, v: jnp.argmax(m._forward(p, t, v, None)[0].logits[:, -1], -1))
+  last = jax.jit(lambda p, t, v: jnp.argmax(m.forward(p, t, v, None)[0].logits[:, -1], -1))
   out = []
   for _ in range(steps):
     valid = np.concatenate([real, np.ones((len(seq), seq.shape[1] - real.shape[1]), bool)], 1)

@@ -26,7 +26,7 @@ from typing import Optional, Tuple
 import jax
 import jax.numpy as jnp
 
-from jaxpt.models.causal import CausalLM, init_cache
+from jaxpt.models.causal import CausalLM, Output, init_cache
 from jaxpt.prompted.base import PromptedModel
 
 Array = jax.Array
@@ -58,17 +58,22 @@ class DecoderOnlyModel(PromptedModel):
   def network(self) -> CausalLM:
     return CausalLM(self.config, self.method.prefix_position)
 
-  def _forward(self, params, tokens, valid, task_ids, deterministic=True, rng=None):
+  def _prompt_and_prefix(self, params, batch_size, task_ids):
     if self.method.places_prompt:
       raise ValueError('placed prompts (P-tuning templates) are not supported on '
                        'decoder-only models yet')
-    soft = self.soft_inputs(params, tokens.shape[0], task_ids)
-    prefix = (soft.prefixes or {}).get('decoder_self')
+    soft = self.soft_inputs(params, batch_size, task_ids)
+    return soft.prompt, (soft.prefixes or {}).get('decoder_self')
+
+  def forward(self, params, tokens: Array, valid: Array, task_ids: Optional[Array] = None,
+              deterministic: bool = True, rng: Optional[Array] = None
+              ) -> Tuple[Output, int]:
+    """(the network's `Output` on `[prompt; tokens]`, the prompt length P)."""
+    prompt, prefix = self._prompt_and_prefix(params, tokens.shape[0], task_ids)
     rngs = {'dropout': rng} if (rng is not None and not deterministic) else {}
-    out = self.network.apply({'params': params['backbone']}, tokens, valid, soft.prompt,
-                             prefix, None, deterministic, rngs=rngs)
-    p = self.method.prompt_length
-    return out, p
+    out = self.network.apply({'params': params['backbone']}, tokens, valid, prompt, prefix,
+                             None, deterministic, rngs=rngs)
+    return out, self.method.prompt_length
 
   def logits(self, params, batch, *, deterministic=True, rng=None):
     return self.logits_and_hidden(params, batch, deterministic=deterministic, rng=rng)[0]
@@ -76,7 +81,7 @@ class DecoderOnlyModel(PromptedModel):
   def logits_and_hidden(self, params, batch, *, deterministic=True, rng=None):
     tokens = batch['decoder_input_tokens']
     valid = batch['decoder_target_tokens'] > 0
-    out, p = self._forward(params, tokens, valid, batch.get('task_ids'), deterministic, rng)
+    out, p = self.forward(params, tokens, valid, batch.get('task_ids'), deterministic, rng)
     return out.logits[:, p:], out.hidden, out.valid
 
   def score_targets(self, params, encoder_tokens, target_tokens, task_ids=None):
@@ -84,7 +89,7 @@ class DecoderOnlyModel(PromptedModel):
     targets = jnp.asarray(target_tokens, jnp.int32)
     tokens = jnp.concatenate([inputs, targets[:, :-1]], axis=1)
     valid = jnp.concatenate([input_valid, targets[:, :-1] != 0], axis=1)
-    out, p = self._forward(params, tokens, valid, task_ids)
+    out, p = self.forward(params, tokens, valid, task_ids)
     # Position 1 + L_in - 1 + j (after the prompt) predicts target j.
     logits = out.logits[:, p + inputs.shape[1] - 1:]
     log_probs = jax.nn.log_softmax(logits, axis=-1)
@@ -109,12 +114,11 @@ class DecoderOnlyModel(PromptedModel):
                        f'{strategy!r}')
     inputs, valid = start_and_inputs(encoder_tokens)
     batch, length = inputs.shape
-    soft = self.soft_inputs(params, batch, task_ids)
-    prefix = (soft.prefixes or {}).get('decoder_self')
+    prompt, prefix = self._prompt_and_prefix(params, batch, task_ids)
     module, variables = self.network, {'params': params['backbone']}
     cache = init_cache(self.config, batch, self.method.prompt_length + length + max_length,
                        prefix, self.method.prefix_position)
-    out = module.apply(variables, inputs, valid, soft.prompt, None, cache)
+    out = module.apply(variables, inputs, valid, prompt, None, cache)
     first = jnp.argmax(out.logits[:, -1], axis=-1).astype(jnp.int32)
     eos = self.config.eos_token_id
 
