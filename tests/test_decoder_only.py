@@ -117,3 +117,19 @@ def test_task_ids_pick_each_examples_prompt(name):
     alone = single.score_targets(p, jnp.asarray(right), jnp.asarray([[3, 1]] * 3))
     rows = np.asarray(ids) == task
     np.testing.assert_allclose(np.asarray(together)[rows], np.asarray(alone)[rows], atol=1e-5)
+
+
+def test_sampling_top_k_1_is_greedy_and_samples_depend_on_the_key():
+  m, params = _model('llama', METHODS['prefix'])
+  m = DecoderOnlyModel(m.config.replace(eos_token_id=95), m.method)
+  right, _ = _inputs()
+  x = jnp.asarray(right)
+  run = jax.jit(lambda p, x, key, k: m.generate(p, x, 5, strategy='sample', rng=key,
+                                                  temperature=5.0, top_k=k),
+                static_argnums=3)
+  greedy = np.asarray(jax.jit(lambda p, x: m.generate(p, x, 5))(params, x))
+  np.testing.assert_array_equal(run(params, x, jax.random.key(0), 1), greedy)
+  a, b = run(params, x, jax.random.key(0), 0), run(params, x, jax.random.key(1), 0)
+  assert not np.array_equal(a, b) and np.array_equal(a, run(params, x, jax.random.key(0), 0))
+  with pytest.raises(ValueError, match='beam'):
+    m.generate(params, x, 5, strategy='beam')

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxpt.models.causal import CausalLM, Output, init_cache
+from jaxpt.prompted import decoding
 from jaxpt.prompted.base import PromptedModel
 
 Array = jax.Array
@@ -107,11 +108,18 @@ class DecoderOnlyModel(PromptedModel):
 
   def generate(self, params, encoder_tokens, max_length, *, strategy='greedy', rng=None,
                task_ids=None, num_beams=4, length_penalty=1.0, temperature=1.0, top_k=0):
-    """Greedy decoding with a KV cache: the prefix is written into the cache once, the
-    prompt and inputs go through in one prefill call, then one token per step."""
-    if strategy != 'greedy':
-      raise ValueError(f"decoder-only models decode with strategy 'greedy' only, got "
-                       f'{strategy!r}')
+    """Greedy or sampled ('sample': `temperature`, `top_k`, `rng`) decoding with a KV
+    cache: the prefix is written into the cache once, the prompt and inputs go through
+    in one prefill call, then one token per step."""
+    if strategy not in ('greedy', 'sample'):
+      raise ValueError(f"decoder-only models decode with strategy 'greedy' or 'sample', got "
+                       f'{strategy!r} (no beam search yet)')
+    if strategy == 'sample' and rng is None:
+      raise ValueError("strategy 'sample' needs a PRNG key (rng)")
+    if strategy == 'sample':
+      choose = decoding.sampling_choice(rng, temperature, top_k)
+    else:
+      choose = lambda i, logits: jnp.argmax(logits, axis=-1)
     inputs, valid = start_and_inputs(encoder_tokens)
     batch, length = inputs.shape
     prompt, prefix = self._prompt_and_prefix(params, batch, task_ids)
@@ -119,18 +127,18 @@ class DecoderOnlyModel(PromptedModel):
     cache = init_cache(self.config, batch, self.method.prompt_length + length + max_length,
                        prefix, self.method.prefix_position)
     out = module.apply(variables, inputs, valid, prompt, None, cache)
-    first = jnp.argmax(out.logits[:, -1], axis=-1).astype(jnp.int32)
+    first = choose(0, out.logits[:, -1]).astype(jnp.int32)
     eos = self.config.eos_token_id
 
-    def step(carry, _):
+    def step(carry, i):
       cache, token, done = carry
       out = module.apply(variables, token[:, None], jnp.ones((batch, 1), bool), None, None,
                          cache)
-      nxt = jnp.argmax(out.logits[:, -1], axis=-1).astype(jnp.int32)
+      nxt = choose(i, out.logits[:, -1]).astype(jnp.int32)
       done = done | (token == eos)
       emitted = jnp.where(done, 0, nxt)
       return (out.cache, nxt, done), emitted
 
-    _, rest = jax.lax.scan(step, (out.cache, first, jnp.zeros((batch,), bool)), None,
-                           length=max_length - 1)
+    _, rest = jax.lax.scan(step, (out.cache, first, jnp.zeros((batch,), bool)),
+                           jnp.arange(1, max_length))
     return jnp.concatenate([first[:, None], rest.T], axis=1)
