@@ -5,7 +5,8 @@ names follow the T5 decoder's where the role is the same (`token_embedder`,
 `decoder/layers_i/self_attention/{query,key,value,out}`, `mlp/wi_0|wi_1|wi|wo`,
 `decoder_norm`, `logits_dense`), each with T5X logical axis names, so
 `jaxpt.partitioning`, `jaxpt.models.scan` and the loaders treat them alike.
-GPT-2 adds `position_embedder/embedding` ('abspos_buckets', 'embed') and biases.
+GPT-2 adds `position_embedder` [max_positions, d] ('abspos_buckets', 'embed') and
+`bias` leaves beside kernels and norm scales.
 
 Positions and masks. A row is `[soft prompt (P); tokens (L)]`; `valid` marks
 real tokens (padding anywhere, left or right, is masked out as a key). Each
