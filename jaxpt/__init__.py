@@ -8,6 +8,8 @@ Public API:
   export_peft(model, method, method_params, directory)   a peft adapter directory
   import_peft(directory, config) -> (method, method_params)
   Model, T5Config, preset
+  DecoderConfig, decoder_preset(family, size)   GPT-2 / Llama backbones (load_model reads
+                                 GPT2LMHeadModel / LlamaForCausalLM directories too)
   PromptedModel, prompted_model(config, method)   the pure-functional model (loss, score,
                                                  generate) every command runs
 
@@ -26,11 +28,13 @@ from jaxpt.checkpoints.load import load_model
 from jaxpt.checkpoints.save import save_hf, save_model
 from jaxpt.checkpoints.peft import export_peft, import_peft
 from jaxpt.models.config import T5Config, preset
+from jaxpt.models.decoder_config import DecoderConfig, decoder_preset
 from jaxpt.prompted.base import PromptedModel, prompted_model
 from jaxpt.prompted.model import Model
 
-__all__ = ['CheckpointError', 'Model', 'PromptedModel', 'T5Config', 'export_peft', 'import_peft',
-           'load_model', 'preset', 'prompted_model', 'save_hf', 'save_model']
+__all__ = ['CheckpointError', 'DecoderConfig', 'Model', 'PromptedModel', 'T5Config',
+           'decoder_preset', 'export_peft', 'import_peft', 'load_model', 'preset',
+           'prompted_model', 'save_hf', 'save_model']
 __version__ = '0.1.0'
 
 
@@ -62,6 +66,7 @@ def _register_gin() -> None:
   from jaxpt.train.optim import make_optimizer
 
   gin.external_configurable(preset, module='jaxpt')
+  gin.external_configurable(decoder_preset, module='jaxpt')
   for cls in METHODS.values():
     gin.external_configurable(cls, module='jaxpt.methods')
   gin.external_configurable(source_prompt, module='jaxpt.methods')

@@ -36,7 +36,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxpt.models.config import T5Config
-from jaxpt.models.t5 import abstract_params, logical_axes
+from jaxpt.models.backbones import abstract_params, logical_axes
 
 MESH_AXES = ('data', 'model')
 LogicalRules = Tuple[Tuple[str, Optional[str]], ...]

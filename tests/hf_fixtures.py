@@ -74,3 +74,32 @@ def umt5(seed: int = 0) -> transformers.UMT5ForConditionalGeneration:
 
 
 FIXTURES = {'t5_1_0': t5_1_0, 't5_1_1_odd': t5_1_1_odd, 'mt5': mt5, 'umt5': umt5}
+
+
+# ------------------------------------------------------------ decoder-only (GPT-2, Llama)
+
+DECODER_IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=1)
+
+
+def gpt2(seed: int = 0) -> transformers.GPT2LMHeadModel:
+  """GPT-2: learned positions, LayerNorm with bias, GELU-tanh MLP, tied logits."""
+  torch.manual_seed(seed)
+  cfg = transformers.GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=16, n_layer=2,
+                                n_head=4, n_inner=40, resid_pdrop=0.0, embd_pdrop=0.0,
+                                attn_pdrop=0.0, **DECODER_IDS)
+  return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+def llama(seed: int = 0, **overrides) -> transformers.LlamaForCausalLM:
+  """Llama: RoPE, RMSNorm, SwiGLU, grouped-query attention (4 heads, 2 kv heads), untied."""
+  torch.manual_seed(seed)
+  fields = dict(vocab_size=VOCAB, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                tie_word_embeddings=False, **DECODER_IDS)
+  cfg = transformers.LlamaConfig(**{**fields, **overrides})
+  model = transformers.LlamaForCausalLM(cfg).eval()
+  with torch.no_grad():  # random RMSNorm scales are all 1: make them matter
+    for name, p in model.named_parameters():
+      if name.endswith('layernorm.weight') or name.endswith('norm.weight'):
+        p.uniform_(0.5, 1.5)
+  return model

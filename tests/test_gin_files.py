@@ -25,7 +25,11 @@ HERE = pathlib.Path(__file__).resolve()
 REPO = HERE.parents[1]
 GIN_DIR = REPO / 'gin'
 GIN_FILES = sorted(str(p.relative_to(GIN_DIR)) for p in GIN_DIR.rglob('*.gin'))
-FAMILIES = sorted(p.parent.name for p in GIN_DIR.glob('models/*/base.gin'))
+# T5 families (jaxpt.preset) and decoder-only ones (jaxpt.decoder_preset: gpt2, llama).
+FAMILIES = sorted(p.parent.name for p in GIN_DIR.glob('models/*/base.gin')
+                  if '@jaxpt.preset()' in p.read_text())
+DECODER_FAMILIES = sorted(p.parent.name for p in GIN_DIR.glob('models/*/base.gin')
+                          if '@jaxpt.decoder_preset()' in p.read_text())
 SIZES = ('tiny', 'small', 'base', 'large', 'xl', 'xxl')
 XXL_SUBMESH = {'partitioning/xxl_v3_32.gin': ((2, 2, 1, 2), 8),
                'partitioning/xxl_v4_32.gin': ((2, 2, 4, 1), 16)}
@@ -106,8 +110,9 @@ def _child(out_path: str) -> None:
       c = values['MODEL_CONFIG']
       out['config'] = {k: v for k, v in dataclasses.asdict(c).items()
                        if isinstance(v, (int, float, str, bool, type(None)))}
-      out['family'] = gin.query_parameter('jaxpt.preset.family')
-      out['size'] = gin.query_parameter('jaxpt.preset.size')
+      name = 'decoder_preset' if isinstance(c, jaxpt.DecoderConfig) else 'preset'
+      out['family'] = gin.query_parameter(f'jaxpt.{name}.family')
+      out['size'] = gin.query_parameter(f'jaxpt.{name}.size')
     if 'INITIAL_CHECKPOINT_PATH' in values:
       out['checkpoint'] = values['INITIAL_CHECKPOINT_PATH']
     if 'METHOD' in values:
@@ -230,6 +235,13 @@ def test_model_files_build_their_preset(loaded):
     if not rel.startswith('models/') or rel == 'models/mini_t5/mini.gin':
       continue
     family, size = rel.split('/')[1], rel.split('/')[2][:-len('.gin')]
+    if family in DECODER_FAMILIES:  # base.gin is the family at one of its public sizes
+      size = r['size'] if size == 'base' else size
+      assert (r['family'], r['size']) == (family, size), rel
+      expected = jaxpt.decoder_preset(family, size)
+      assert r['config'] == {k: v for k, v in expected.__dict__.items() if k in r['config']}, rel
+      assert r['checkpoint'] is None, rel  # transformers directories: the user's own copy
+      continue
     assert (r['family'], r['size']) == (family, size), rel
     expected = jaxpt.preset(family, size)
     assert r['config']['emb_dim'] == expected.emb_dim and r['config'] == {
@@ -256,6 +268,22 @@ def test_size_files_include_their_family_base(family):
     # Only the size and the checkpoint change.
     assert [s.split(' =')[0] for s in statements[1:]] == [
         'jaxpt.preset.size', 'INITIAL_CHECKPOINT_PATH'], (family, size)
+
+
+@pytest.mark.parametrize('family', DECODER_FAMILIES)
+def test_decoder_size_files_include_their_family_base(family):
+  from jaxpt.models.decoder_config import decoder_preset_names
+  base = (GIN_DIR / 'models' / family / 'base.gin').read_text()
+  assert f"jaxpt.decoder_preset.family = '{family}'" in base
+  base_size = re.search(r"jaxpt.decoder_preset.size = '(\w+)'", base)[1]
+  sizes = [s for f, s in decoder_preset_names() if f == family and s != base_size]
+  assert sorted(p.stem for p in (GIN_DIR / 'models' / family).glob('*.gin')) == sorted(
+      sizes + ['base'])
+  for size in sizes:
+    text = (GIN_DIR / 'models' / family / f'{size}.gin').read_text()
+    statements = [line for line in text.splitlines() if line and not line.startswith('#')]
+    assert statements == [f"include 'models/{family}/base.gin'",
+                          f"jaxpt.decoder_preset.size = '{size}'"], (family, size)
 
 
 def test_methods_come_from_the_registry(loaded):

@@ -1,4 +1,4 @@
-"""Hugging Face T5 directories <-> jaxpt parameters.
+"""Hugging Face T5 directories <-> jaxpt parameters (GPT-2 and Llama: `hf_decoder`).
 
 Reads `config.json` plus `model.safetensors` / `pytorch_model.bin` (and their
 sharded `*.index.json` forms) of T5, mT5 and UMT5 models. Safetensors files are
@@ -422,6 +422,9 @@ def hf_sources(directory: str) -> Tuple[T5Config, Dict[str, Tuple[Tuple[int, ...
     raise CheckpointError(f'{config_path}: expected an HF T5 config (JSON): {e}') from e
   if not isinstance(hf_config, dict):
     raise CheckpointError(f'{config_path}: expected a JSON object')
+  from jaxpt.checkpoints import hf_decoder
+  if hf_config.get('model_type') in hf_decoder.MODEL_TYPES:  # GPT-2, Llama
+    return hf_decoder.decoder_sources(directory, hf_config, config_path)
   config = config_from_hf(hf_config, config_path).replace(param_dtype='float32')
   weights = _Weights(directory)
   scaled = config.logits_via_embedding
@@ -437,7 +440,7 @@ def hf_sources(directory: str) -> Tuple[T5Config, Dict[str, Tuple[Tuple[int, ...
     config = config.replace(logits_via_embedding=False)
   mapping = _param_map(config, 'lm_head.weight' if untied else 'shared.weight')
 
-  from jaxpt.models.t5 import abstract_params
+  from jaxpt.models.backbones import abstract_params
   expected = traverse_util.flatten_dict(abstract_params(config), sep='/')
   problems: List[str] = []
   for path, (name, transpose) in mapping.items():
@@ -511,6 +514,10 @@ def write_hf_checkpoint(config: T5Config, params: Dict[str, Any], directory: str
 
   directory = os.fspath(directory)
   check_params(params, config.replace(scan_layers=False), directory)
+  if not isinstance(config, T5Config):  # GPT-2, Llama
+    from jaxpt.checkpoints import hf_decoder
+    hf_decoder.write_decoder_checkpoint(config, params, directory)
+    return
   hf_config = config_to_hf(config)
   os.makedirs(directory, exist_ok=True)
   flat = traverse_util.flatten_dict(params, sep='/')

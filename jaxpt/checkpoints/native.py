@@ -11,7 +11,7 @@ import jax
 from jaxpt.checkpoints.errors import CheckpointError
 from jaxpt.models.config import T5Config
 from jaxpt.models.scan import unstack_layers
-from jaxpt.models.t5 import abstract_params
+from jaxpt.models.backbones import abstract_params
 
 MANIFEST = 'jaxpt_model.json'
 FORMAT = 'jaxpt.models'

@@ -9,7 +9,7 @@ from flax import traverse_util
 
 from jaxpt.checkpoints.errors import CheckpointError
 from jaxpt.models.config import T5Config
-from jaxpt.models.t5 import abstract_params
+from jaxpt.models.backbones import abstract_params
 
 
 def check_params(params: Dict[str, Any], config: T5Config, source: str) -> None:

@@ -56,7 +56,7 @@ import numpy as np
 from jaxpt import partitioning as pt
 from jaxpt.methods import EVERYTHING, PROMPT_ONLY, Backbone, partition
 from jaxpt.models.config import T5Config
-from jaxpt.models.t5 import abstract_params
+from jaxpt.models.backbones import abstract_params
 from jaxpt.prompted.base import PromptedModel, prompted_model
 
 GIB = 2**30

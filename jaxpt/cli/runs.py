@@ -29,7 +29,7 @@ from jaxpt.evaluate.splits import predict_texts, score_examples, score_split
 from jaxpt.methods import PROMPT_ONLY, Backbone, partition
 from jaxpt.methods.prompt import PromptInit
 from jaxpt.models.config import T5Config, find_preset
-from jaxpt.models.t5 import init_params
+from jaxpt.models.backbones import init_params
 from jaxpt.prompted.base import prompted_model
 from jaxpt.vocabulary import EOS_ID, UNK_ID, backbone_vocabulary, model_digest, shipped_model
 
@@ -135,7 +135,7 @@ def _backbone_frozen(trainable_rules: Sequence[str], model_config: Optional[T5Co
 
   from jaxpt.methods.split import partition
   from jaxpt.models.config import preset
-  from jaxpt.models.t5 import abstract_params
+  from jaxpt.models.backbones import abstract_params
   paths = {}
   for family, tied in (('t5_1_1', False), ('t5_1_0', True), ('t5_1_0', False)):
     config = preset(family, 'tiny', num_encoder_layers=64, num_decoder_layers=64,

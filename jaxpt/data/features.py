@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
@@ -29,3 +29,23 @@ def shift_right(targets: np.ndarray, start: int = PAD_ID) -> np.ndarray:
   targets = np.asarray(targets)
   return np.concatenate([np.full(targets.shape[:-1] + (1,), start, targets.dtype),
                          targets[..., :-1]], axis=-1)
+
+
+def decoder_only_features(inputs: np.ndarray, targets: np.ndarray) -> Dict[str, np.ndarray]:
+  """T5X's decoder-only layout of 0-padded encoder-style `inputs` [B, Li] and `targets`
+  [B, T]: each row's real inputs then its real targets, 0-padded to Li + T;
+  `decoder_input_tokens` is that shifted right (0 first); the loss weights are 1 on
+  the target part only."""
+  inputs, targets = np.asarray(inputs), np.asarray(targets)
+  rows, weights = [], []
+  for inp, tgt in zip(inputs, targets):
+    inp, tgt = inp[inp != PAD_ID], tgt[tgt != PAD_ID]
+    rows.append(np.concatenate([inp, tgt]))
+    weights.append([0.0] * len(inp) + [1.0] * len(tgt))
+  width = inputs.shape[1] + targets.shape[1]
+  sequence = pad_rows(rows, width)
+  loss_weights = np.zeros((len(rows), width), np.float32)
+  for i, w in enumerate(weights):
+    loss_weights[i, :len(w)] = w
+  return dict(decoder_input_tokens=shift_right(sequence), decoder_target_tokens=sequence,
+              decoder_loss_weights=loss_weights)

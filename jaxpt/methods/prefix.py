@@ -1,8 +1,9 @@
 """Prefix tuning (Li & Liang 2021): trainable keys and values in attention layers.
 
-`style='paper'` puts a prefix in every attention (encoder self, decoder self,
-decoder cross), each kind with its own reparameterization: a [P, d] embedding
-through Linear -> tanh -> Linear (mid width 512) to all layers' keys and values.
+`style='paper'` puts a prefix in every attention (`config.prefix_kinds`: T5's
+encoder self, decoder self and decoder cross; a decoder-only model's
+self-attention, `num_kv_heads` heads under grouped-query attention), each kind
+with its own reparameterization: a [P, d] embedding through Linear -> tanh -> Linear (mid width 512) to all layers' keys and values.
 Prefix keys carry no relative position (bias 0).
 
 `style='peft'` is Hugging Face peft's variant, kept for interop: one [P, 2L*H*Dh]
@@ -86,18 +87,19 @@ class PrefixTuning:
   def kinds(self, config: T5Config) -> Dict[str, int]:
     """Attention kind -> number of layer slots it stores."""
     if self.style == 'peft':
+      if not config.is_encoder_decoder:
+        raise ValueError("peft-style prefixes are T5's layout; decoder-only models take "
+                         "style='paper'")
       if config.num_decoder_layers > config.num_encoder_layers:
         raise ValueError(
             f"peft-style prefixes need num_decoder_layers <= num_encoder_layers (peft's layout "
             f'has encoder-depth slots); got {config.num_encoder_layers}+'
             f'{config.num_decoder_layers}')
       return {'decoder_self': config.num_encoder_layers}
-    return {'encoder': config.num_encoder_layers,
-            'decoder_self': config.num_decoder_layers,
-            'decoder_cross': config.num_decoder_layers}
+    return dict(config.prefix_kinds)
 
   def _init_one(self, rng: Array, config: T5Config) -> Dict[str, Any]:
-    token_dim = config.num_heads * config.head_dim
+    token_dim = config.num_kv_heads * config.head_dim
     params = {}
     for kind, layers in self.kinds(config).items():
       rng, k_emb, k_hidden, k_out = jax.random.split(rng, 4)
@@ -154,8 +156,8 @@ class PrefixTuning:
                       config: T5Config) -> Tuple[Array, Array]:
     """[B, P, L*2*H*D] -> (keys, values), each [layers, B, P, H, D]."""
     b, p, width = flat.shape
-    slots = width // (2 * config.num_heads * config.head_dim)
-    kv = flat.reshape(b, p, slots, 2, config.num_heads, config.head_dim)
+    slots = width // (2 * config.num_kv_heads * config.head_dim)
+    kv = flat.reshape(b, p, slots, 2, config.num_kv_heads, config.head_dim)
     if self.style == 'peft' and kind == 'decoder_self':
       # peft's EncoderDecoderCache split: decoder layer i reads layer slot (2i mod L).
       kv = kv[:, :, [(2 * i) % slots for i in range(config.num_decoder_layers)]]

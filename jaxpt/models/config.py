@@ -8,7 +8,7 @@ tiny config for tests.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import jax.numpy as jnp
 
@@ -97,6 +97,21 @@ class T5Config:
   @property
   def gated(self) -> bool:
     return len(self.mlp_activations) > 1
+
+  @property
+  def num_kv_heads(self) -> int:
+    """Key/value heads (T5 has no grouped-query attention)."""
+    return self.num_heads
+
+  @property
+  def is_encoder_decoder(self) -> bool:
+    return True
+
+  @property
+  def prefix_kinds(self) -> Dict[str, int]:
+    """Attention kind -> layers holding a prefix (prefix tuning, deep prompts)."""
+    return {'encoder': self.num_encoder_layers, 'decoder_self': self.num_decoder_layers,
+            'decoder_cross': self.num_decoder_layers}
 
   def replace(self, **changes: Any) -> 'T5Config':
     return dataclasses.replace(self, **changes)

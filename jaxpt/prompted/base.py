@@ -9,8 +9,8 @@ trainer calls its `BaseModel`.
 Like T5X's models, a `PromptedModel` is static (hashable: it can close over a
 jitted function or be a static argument) and holds no arrays; parameters come
 in as a pytree `{'backbone': ..., 'method': ...}`. A backbone family is a
-subclass: `EncoderDecoderModel` here (T5); a decoder-only family implements the
-same abstract methods.
+subclass: `EncoderDecoderModel` here (T5), `DecoderOnlyModel` in
+`decoder_only.py` (GPT-2, Llama); `prompted_model` picks by config type.
 """
 
 from __future__ import annotations
@@ -176,4 +176,9 @@ def prompted_model(config: Any, method: Optional[Method] = None, *,
   if isinstance(config, T5Config):
     return EncoderDecoderModel(config, method if method is not None else ModelTuning(),
                                label_smoothing=label_smoothing, z_loss=z_loss)
+  from jaxpt.models.decoder_config import DecoderConfig
+  if isinstance(config, DecoderConfig):
+    from jaxpt.prompted.decoder_only import DecoderOnlyModel
+    return DecoderOnlyModel(config, method if method is not None else ModelTuning(),
+                            label_smoothing=label_smoothing, z_loss=z_loss)
   raise TypeError(f'no prompted model for a backbone config of type {type(config).__name__}')

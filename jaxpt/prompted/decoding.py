@@ -149,6 +149,13 @@ def sample_decode(module: T5, params: Any, encoder_tokens: Array, max_length: in
   Returns:
     int32 [batch, max_length], padded with 0 after EOS.
   """
+  choose = sampling_choice(rng, temperature, top_k)
+  return _decode_loop(module, params, encoder_tokens, max_length, prompt, prefixes, choose)
+
+
+def sampling_choice(rng: Array, temperature: Any = 1.0, top_k: int = 0):
+  """choose(i, logits [rows, vocab]) -> ids [rows]: step i's temperature / top-k sample
+  (`fold_in(rng, i)`; temperature <= 0 is greedy), as `sample_decode` picks tokens."""
   temperature = jnp.asarray(temperature, jnp.float32)
   greedy = temperature <= 0
 
@@ -160,7 +167,7 @@ def sample_decode(module: T5, params: Any, encoder_tokens: Array, max_length: in
     sampled = jax.random.categorical(jax.random.fold_in(rng, i), scaled, axis=-1)
     return jnp.where(greedy, jnp.argmax(logits, axis=-1), sampled)
 
-  return _decode_loop(module, params, encoder_tokens, max_length, prompt, prefixes, choose)
+  return choose
 
 
 # ----------------------------------------------------------------------------- beam search

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpt.models.config import T5Config, find_preset
+from jaxpt.models.decoder_config import DecoderConfig, find_decoder_preset
 from jaxpt.models.t5 import T5
 from jaxpt.prompted.base import PromptedModel, prompted_model
 
@@ -122,6 +123,18 @@ class Model:
   def summary(self) -> str:
     """A few human-readable lines: variant, sizes, parameter count, source."""
     cfg = self.config
+    if isinstance(cfg, DecoderConfig):
+      known = find_decoder_preset(cfg)
+      variant = f'{known[0]}/{known[1]}' if known else 'custom'
+      return '\n'.join([
+          f'{cfg.family} ({variant}) from {self.source or "memory"}',
+          f'  layers {cfg.num_layers}, d_model {cfg.emb_dim}, heads {cfg.num_heads}x'
+          f'{cfg.head_dim} ({cfg.num_kv_heads} kv), mlp {cfg.mlp_dim} '
+          f'({"+".join(cfg.mlp_activations)}), vocab {cfg.vocab_size}',
+          f'  logits {"tied" if cfg.tie_embeddings else "untied"}, compute {cfg.dtype}, '
+          f'params {cfg.param_dtype}',
+          f'  {self.num_params():,} parameters',
+      ])
     known = find_preset(cfg)
     variant = f'{known[0]}/{known[1]}' if known else 'custom'
     mlp = 'gated ' + cfg.mlp_activations[0] if cfg.gated else cfg.mlp_activations[0]

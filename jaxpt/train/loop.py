@@ -204,8 +204,8 @@ def train(model: PromptedModel, backbone_params: Any, method_params: Any,
       `trainable_rules` selects them).
     method_params: its initial parameters (`method.init(...)`); not donated.
     batches: data position k -> the k-th batch, a dict of numpy arrays with
-      encoder_input_tokens, decoder_input_tokens, decoder_target_tokens and
-      optionally task_ids / decoder_loss_weights. Must be deterministic in k.
+      encoder_input_tokens (not for decoder-only models), decoder_input_tokens,
+      decoder_target_tokens and optionally task_ids / decoder_loss_weights. Must be deterministic in k.
       On several processes (`jax.distributed`), this process's rows of the
       global batch (`jaxpt.data.seqio_batches.TrainBatches` reads them).
     optimizer: an optax optimizer (`jaxpt.train.optim.make_optimizer`).
@@ -362,7 +362,7 @@ def train(model: PromptedModel, backbone_params: Any, method_params: Any,
           check_task_ids(batch['task_ids'], num_task_prompts)
         except ValueError as e:
           raise ValueError(f'batch at data position {data_position}: {e}') from None
-      batch_size = int(np.shape(batch['encoder_input_tokens'])[0])
+      batch_size = int(np.shape(batch['decoder_target_tokens'])[0])
       state, metrics = step_fn(state, frozen, dict(batch), rng)
       data_position += 1
       if s == start + 1 and s != num_steps and log_every > 1:
