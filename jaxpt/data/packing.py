@@ -177,6 +177,43 @@ def packed_batches(features: Dict[str, np.ndarray], batch_size: int
     yield batch
 
 
+class PackedBatches:
+  """position -> a batch of `batch_size` packed rows, deterministic in (seed, position).
+
+  The examples are shuffled once (seed) and packed once (`pack_examples`);
+  each epoch then visits the rows in its own seeded order, so examples that
+  share a row stay together across epochs. The last batch of an epoch is
+  padded with empty rows.
+
+  Args: those of `pack_examples`, and
+    batch_size: rows per batch.
+    seed: the shuffling seed.
+  """
+
+  def __init__(self, inputs: Sequence[np.ndarray], targets: Sequence[np.ndarray],
+               batch_size: int, *, inputs_length: int, targets_length: int,
+               prompt_length: int = 0, task_ids: Optional[Sequence[int]] = None,
+               seed: int = 0):
+    if not len(inputs):
+      raise ValueError('no examples to pack')
+    order = np.random.default_rng([seed]).permutation(len(inputs))
+    self.features = pack_examples(
+        [inputs[i] for i in order], [targets[i] for i in order], inputs_length=inputs_length,
+        targets_length=targets_length, prompt_length=prompt_length,
+        task_ids=None if task_ids is None else [task_ids[i] for i in order])
+    self.batch_size, self.seed = batch_size, seed
+    self.num_rows = len(self.features['encoder_input_tokens'])
+    self.num_examples = len(inputs)
+    self.batches_per_epoch = -(-self.num_rows // batch_size)
+
+  def __call__(self, position: int) -> Dict[str, np.ndarray]:
+    epoch, index = divmod(position, self.batches_per_epoch)
+    rows = np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
+    rows = rows[index * self.batch_size:(index + 1) * self.batch_size]
+    return next(packed_batches({k: v[rows] for k, v in self.features.items()},
+                               self.batch_size))
+
+
 def padding_share(features: Dict[str, np.ndarray]) -> Dict[str, float]:
   """Share of encoder, decoder and all positions that hold no example (prompt slots count
   as used), from the segment ids of packed features or the ids of padded ones."""
