@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxpt.data.features import pad_rows, shift_right
-from jaxpt.data.packing import (first_fit, fit_examples, pack_examples, packed_batches,
+from jaxpt.data.packing import (PackedBatches, first_fit, fit_examples, pack_examples, packed_batches,
                                 padding_share, prompt_markers)
 from jaxpt.methods import (Backbone, ModelTuning, MultitaskPromptTuning, PrefixTuning,
                            PromptTuning, PTuning, Template, deep_prompt_tuning)
@@ -110,6 +110,22 @@ def test_batches_and_padding_share():
   assert share['total'] == pytest.approx(1 - (real_enc + real_dec) / (rows * 17))
   padded = {'encoder_input_tokens': pad_rows(inputs), 'decoder_target_tokens': pad_rows(targets)}
   assert padding_share(padded)['encoder'] == pytest.approx(1 - real_enc / (6 * 9))
+
+
+def test_packed_batches_are_deterministic_and_cover_each_epoch():
+  inputs, targets = _examples(tuple(range(2, 14)), (2,) * 12)
+  batches = PackedBatches(inputs, targets, 2, inputs_length=16, targets_length=4, seed=3)
+  assert batches.num_rows < 12 and batches.batches_per_epoch == -(-batches.num_rows // 2)
+  again = PackedBatches(inputs, targets, 2, inputs_length=16, targets_length=4, seed=3)
+  for position in (0, 1, batches.batches_per_epoch + 1):
+    for k, v in batches(position).items():
+      np.testing.assert_array_equal(v, again(position)[k])
+  for epoch in (0, 1):
+    seen = np.concatenate([batches(epoch * batches.batches_per_epoch + i)['encoder_input_tokens']
+                           for i in range(batches.batches_per_epoch)])
+    real = sorted(tuple(r[r != 0]) for r in seen if (r != 0).any())
+    assert real == sorted(tuple(r[r != 0]) for r in batches.features['encoder_input_tokens'])
+    assert sum((r > 0).sum() for r in seen) == sum(map(len, inputs))
 
 
 # -------------------------------------------------------------- packed == unpacked
