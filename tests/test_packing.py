@@ -232,3 +232,30 @@ def test_mixed_tasks_need_task_ids(backbone):
   packed = pack_examples(inputs, targets, inputs_length=24, targets_length=8, prompt_length=2)
   with pytest.raises(ValueError, match='encoder_task_ids'):
     prompted_model(CONFIG, method).loss(params, packed)
+
+
+def test_mpt_distillation_packed_equals_unpacked(backbone):
+  """MPT's step (b): task loss + KL + hidden MSE (prompt slots left out) alike packed."""
+  from jaxpt.methods.multitask import stack_teachers
+  from jaxpt.train.distill import Distillation, distillation_loss
+
+  student_method = MultitaskPromptTuning(length=3, initializer='uniform', num_tasks=2, rank=1)
+  embedding = backbone['token_embedder']['embedding']
+  student = _perturbed(student_method.init(jax.random.key(1), Backbone(CONFIG, embedding)), 2)
+  teachers = jax.random.normal(jax.random.key(3), (2, 3, CONFIG.emb_dim))
+  teacher_method, teacher = stack_teachers(list(np.asarray(teachers)))
+  params = {'backbone': backbone, 'method': student, 'teacher': teacher}
+  model = prompted_model(CONFIG, student_method)
+  distillation = Distillation(teacher_method, kl_weight=0.5, hidden_weight=2.0)
+  inputs, targets = _examples()
+  task_ids = np.asarray([1, 0, 0, 1, 1, 0])
+  tgt = pad_rows(targets)
+  unpacked = {'encoder_input_tokens': pad_rows(inputs), 'decoder_target_tokens': tgt,
+              'decoder_input_tokens': shift_right(tgt), 'task_ids': task_ids}
+  packed = pack_examples(inputs, targets, inputs_length=24, targets_length=8, prompt_length=3,
+                         task_ids=task_ids)
+  loss = jax.jit(lambda p, b: distillation_loss(model, distillation, p, b)[1])
+  a, b = loss(params, unpacked), loss(params, packed)
+  for key in ('loss', 'task_loss', 'kl', 'hidden_mse'):
+    assert float(a[key]) > 0
+    np.testing.assert_allclose(float(b[key]), float(a[key]), rtol=1e-5, atol=1e-6)
