@@ -234,6 +234,7 @@ def test_mixed_tasks_need_task_ids(backbone):
     prompted_model(CONFIG, method).loss(params, packed)
 
 
+@pytest.mark.slow
 def test_mpt_distillation_packed_equals_unpacked(backbone):
   """MPT's step (b): task loss + KL + hidden MSE (prompt slots left out) alike packed."""
   from jaxpt.methods.multitask import stack_teachers
