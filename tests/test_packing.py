@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from jaxpt.data.features import pad_rows, shift_right
-from jaxpt.data.packing import (PackedBatches, first_fit, fit_examples, pack_examples, packed_batches,
-                                padding_share, prompt_markers)
+from jaxpt.data.packing import (PackedBatches, first_fit, fit_examples, pack_examples,
+                                packed_batches, packed_targets_length, padding_share,
+                                prompt_markers)
 from jaxpt.methods import (Backbone, ModelTuning, MultitaskPromptTuning, PrefixTuning,
                            PromptTuning, PTuning, Template, deep_prompt_tuning)
 from jaxpt.models.t5 import prompt_marker
@@ -69,6 +70,12 @@ def test_pack_segments_positions_and_shift():
   assert (f['encoder_input_tokens'][f['encoder_segment_ids'] == 0] == 0).all()
   assert (f['encoder_task_ids'][f['encoder_segment_ids'] == 0] == 0).all()
   assert f['decoder_segment_ids'].max() == seen.max()
+
+
+def test_packed_targets_length_scales_with_the_examples_a_row_holds():
+  inputs = [np.ones(n, np.int32) for n in (80, 90)]  # mean 85: 512 / (100 + 85) -> 3 a row
+  assert packed_targets_length(inputs, 8, 512, prompt_length=100) == 24
+  assert packed_targets_length(inputs, 8, 150, prompt_length=100) == 8
 
 
 def test_first_fit_fills_earlier_rows():

@@ -265,15 +265,18 @@ def _task_data(task_name: str, eval_split: Optional[str],
 def _packed(inputs: Sequence[np.ndarray], targets: Sequence[np.ndarray], batch_size: int,
             feature_lengths: Mapping[str, int], lengths: Mapping[str, int], prompt_length: int,
             seed: int) -> Any:
-  """`PackedBatches` of rows `feature_lengths` long (the prompt included), and a line on them."""
-  from jaxpt.data.packing import PackedBatches, padding_share
-  batches = PackedBatches(inputs, targets, batch_size, inputs_length=feature_lengths['inputs'],
-                          targets_length=lengths['targets'], prompt_length=prompt_length,
-                          seed=seed)
+  """`PackedBatches` of rows `feature_lengths['inputs']` long (the prompt included), the
+  decoder side `packed_targets_length` long, and a line on them."""
+  from jaxpt.data.packing import PackedBatches, packed_targets_length, padding_share
+  inputs_length = feature_lengths['inputs']
+  targets_length = packed_targets_length(inputs, lengths['targets'], inputs_length,
+                                         prompt_length)
+  batches = PackedBatches(inputs, targets, batch_size, inputs_length=inputs_length,
+                          targets_length=targets_length, prompt_length=prompt_length, seed=seed)
   share = padding_share(batches.features)
-  print(f'data: packed {batches.num_examples:,} examples into {batches.num_rows:,} rows '
-        f'({batches.batches_per_epoch:,} batches an epoch, '
-        f'{100 * share["encoder"]:.1f}% of encoder positions padding)', flush=True)
+  print(f'data: packed {batches.num_examples:,} examples into {batches.num_rows:,} rows of '
+        f'{inputs_length} + {targets_length} positions ({batches.batches_per_epoch:,} batches '
+        f'an epoch, {100 * share["encoder"]:.1f}% of encoder positions padding)', flush=True)
   return batches
 
 
