@@ -68,12 +68,12 @@ def load_average() -> Tuple[float, float, float]:
     return (float('nan'),) * 3
 
 
-def matmul_peak_gflops(n: int = 2048, reps: int = 5) -> float:
-  """Median GFLOP/s of a jitted f32 [n, n] @ [n, n] on jax's default device."""
+def matmul_peak_gflops(n: int = 2048, reps: int = 5, dtype: str = 'float32') -> float:
+  """Median GFLOP/s of a jitted [n, n] @ [n, n] (f32 by default) on jax's default device."""
   import jax
   import jax.numpy as jnp
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.dtype(dtype))
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.dtype(dtype))
   f = jax.jit(jnp.dot)
   f(a, b).block_until_ready()
   times = []
@@ -130,12 +130,13 @@ def noisy(loads: Sequence[Sequence[float]]) -> bool:
   return any(load[0] > NOISY_LOAD for load in loads)
 
 
-def header(peak_gflops: float, load_start: Sequence[float], matmul_n: int = 2048) -> str:
+def header(peak_gflops: float, load_start: Sequence[float], matmul_n: int = 2048,
+           dtype: str = 'float32') -> str:
   """The lines that open every benchmark's report: machine, load, matmul peak."""
   return (f'machine : {cpu_name()}, {cores()} cores visible, {platform.system()} '
           f'{platform.release()}, python {platform.python_version()}\n'
           f'load avg: {" ".join(f"{x:.2f}" for x in load_start)} (1/5/15 min) at start\n'
-          f'matmul  : f32 {matmul_n}^3 jnp.dot, median of 5: {peak_gflops:.1f} GFLOP/s (this run)')
+          f'matmul  : {dtype} {matmul_n}^3 jnp.dot, median of 5: {peak_gflops:.1f} GFLOP/s (this run)')
 
 
 def footer(load_start: Sequence[float], load_end: Sequence[float]) -> str:
