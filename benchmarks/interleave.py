@@ -145,3 +145,56 @@ def footer(load_start: Sequence[float], load_end: Sequence[float]) -> str:
            if noisy([load_start, load_end]) else f'quiet (load <= {NOISY_LOAD})')
   return (f'load avg: {" ".join(f"{x:.2f}" for x in load_end)} (1/5/15 min) at end; '
           f'run: {label}')
+
+
+class Served:
+  """A configuration that runs in its own process (e.g. under other XLA_FLAGS), driven over
+  pipes so it can take its turns in `interleave` like an in-process one.
+
+  The child prints `READY <json>` once built, then answers each `step` line on its stdin
+  with `DONE` after one unit of work, and `quit` with `INFO <json>` before exiting
+  (`serve` is that loop).
+  """
+
+  def __init__(self, cmd: Sequence[str], env: Mapping[str, str], cwd: str | None = None):
+    import json
+    import subprocess
+    self.proc = subprocess.Popen(list(cmd), env=dict(env), cwd=cwd, stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True, bufsize=1)
+    self.info = json.loads(self._expect('READY'))
+
+  def _expect(self, word: str) -> str:
+    while True:
+      line = self.proc.stdout.readline()
+      if not line:
+        raise RuntimeError(f'served process exited (code {self.proc.wait()}) before {word}')
+      if line.startswith(word):
+        return line[len(word):].strip()
+
+  def __call__(self) -> None:
+    self.proc.stdin.write('step\n')
+    self.proc.stdin.flush()
+    self._expect('DONE')
+
+  def close(self) -> Dict[str, Any]:
+    """Stops the child; returns its final facts (the INFO line)."""
+    import json
+    self.proc.stdin.write('quit\n')
+    self.proc.stdin.flush()
+    info = json.loads(self._expect('INFO') or '{}')
+    self.proc.wait()
+    return info
+
+
+def serve(run: Callable[[], Any], info: Callable[[], Mapping[str, Any]]) -> None:
+  """The child side of `Served`: READY, then one `run()` per `step` line, INFO on `quit`."""
+  import json
+  import sys
+  print('READY ' + json.dumps(dict(info())), flush=True)
+  for line in sys.stdin:
+    if line.strip() == 'step':
+      run()
+      print('DONE', flush=True)
+    elif line.strip() == 'quit':
+      break
+  print('INFO ' + json.dumps(dict(info())), flush=True)

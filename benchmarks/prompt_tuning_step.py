@@ -6,6 +6,8 @@
     python benchmarks/prompt_tuning_step.py --device gpu --dtype bfloat16
     python benchmarks/prompt_tuning_step.py --configs jaxpt_prompt,jaxpt_prompt:f32_softmax_bias
         # an A/B of a step variant (benchmarks/step_variants.py) against the library's step
+    python benchmarks/prompt_tuning_step.py --configs jaxpt_prompt@default,jaxpt_prompt@eigen_dot
+        # an A/B of XLA flags, each config in its own process
     python benchmarks/prompt_tuning_step.py --memory --configs jaxpt_prompt,jaxpt_full \
         --scan-layers --remat full    # the peak-memory comparison (issue 5)
 
@@ -28,6 +30,9 @@ Configs:
                  forward(labels) + backward + optimizer step (eager torch)
   torch full     the plain transformers model, everything trainable (reference)
   NAME:VARIANT   a jaxpt config compiled with a variant of benchmarks/step_variants.py
+  NAME@FLAGS     a config in its own process under the XLA_FLAGS set FLAGS of
+                 step_variants.XLA_FLAG_SETS ('default': none), driven over pipes so it
+                 still takes its turns in the interleaved rounds
 Optimizer: AdamW (lr 1e-3, betas 0.9/0.999, eps 1e-8, weight decay 1e-5) on
 both sides: optax.adamw via jaxpt.train.optim.make_optimizer('adamw') and
 torch.optim.AdamW.
@@ -69,8 +74,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from interleave import (cores, footer, format_ratio, header, interleave,  # noqa: E402
-                        load_average, matmul_peak_gflops, median, ratio_stats)
+from interleave import (Served, cores, footer, format_ratio, header, interleave,  # noqa: E402
+                        load_average, matmul_peak_gflops, median, ratio_stats, serve)
 
 CONFIGS = ('jaxpt_prompt', 'jaxpt_full', 'peft_prompt', 'torch_full')
 LABELS = {'jaxpt_prompt': 'jaxpt prompt', 'jaxpt_full': 'jaxpt full tuning',
@@ -145,13 +150,15 @@ def model_config(args):
 
 
 def base_config(name: str) -> str:
-  """'jaxpt_prompt:variant' -> 'jaxpt_prompt'."""
-  return name.split(':', 1)[0]
+  """'jaxpt_prompt:variant@flags' -> 'jaxpt_prompt'."""
+  return name.split('@', 1)[0].split(':', 1)[0]
 
 
 def label(name: str) -> str:
+  name, _, flags = name.partition('@')
   base, _, variant = name.partition(':')
-  return LABELS[base] + (f' [{variant}]' if variant else '')
+  return (LABELS[base] + (f' [{variant}]' if variant else '')
+          + (f' [XLA {flags}]' if flags else ''))
 
 
 def build_jaxpt(args, full: bool, variant: str = '') -> Tuple[Callable[[], Any], Dict]:
@@ -269,7 +276,7 @@ def build_torch(args, full: bool) -> Tuple[Callable[[], Any], Dict]:
 
 
 def build(args, name: str) -> Tuple[Callable[[], Any], Dict]:
-  base, _, variant = name.partition(':')
+  base, _, variant = name.partition('@')[0].partition(':')
   if base.startswith('jaxpt_'):
     return build_jaxpt(args, full=base == 'jaxpt_full', variant=variant)
   if variant:
@@ -335,20 +342,35 @@ def worker_memory(args) -> dict:
   return out
 
 
-def spawn(args, worker: str) -> dict:
-  cmd = [sys.executable, os.path.abspath(__file__), '--worker', worker, '--hf-dir', args.hf_dir,
+def worker_command(args, mode: str, name: str) -> list:
+  """The command line of a child process running config `name` (`--worker` or `--serve`)."""
+  cmd = [sys.executable, os.path.abspath(__file__), mode, name, '--hf-dir', args.hf_dir,
          '--steps', str(args.steps), '--warmup', str(args.warmup), '--batch', str(args.batch),
          '--input-len', str(args.input_len), '--target-len', str(args.target_len),
          '--prompt-len', str(args.prompt_len), '--device', args.device, '--dtype', args.dtype,
          '--matmul-n', str(args.matmul_n), '--remat', args.remat] + (['--quick'] if args.quick else [])
-  cmd += ['--scan-layers'] if args.scan_layers else []
+  return cmd + (['--scan-layers'] if args.scan_layers else [])
+
+
+def worker_env(args, name: str) -> dict:
+  """The environment of a child: this one, the device's settings, and the XLA flag set named
+  after '@' in `name` (step_variants.XLA_FLAG_SETS) as XLA_FLAGS."""
   env = dict(os.environ)
   if args.device == 'cpu':
     env['JAX_PLATFORMS'] = 'cpu'
     env.setdefault('CUDA_VISIBLE_DEVICES', '')
   else:
     env['XLA_PYTHON_CLIENT_PREALLOCATE'] = 'false'
-  proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+  if '@' in name:
+    import step_variants
+    env['XLA_FLAGS'] = step_variants.XLA_FLAG_SETS[name.partition('@')[2]]
+  return env
+
+
+def spawn(args, worker: str) -> dict:
+  cmd = worker_command(args, '--worker', worker)
+  proc = subprocess.run(cmd, env=worker_env(args, worker), capture_output=True, text=True,
+                        cwd=ROOT)
   for line in proc.stdout.splitlines():
     if line.startswith('RESULT '):
       return json.loads(line[len('RESULT '):])
@@ -397,9 +419,16 @@ def run_speed(args, configs) -> dict:
   runs, infos = {}, {}
   for c in configs:
     print(f'building {c} ...', file=sys.stderr, flush=True)
-    runs[c], infos[c] = build(args, c)
+    if '@' in c:  # its own process under other XLA flags, driven over pipes
+      runs[c] = Served(worker_command(args, '--serve', c), worker_env(args, c), cwd=ROOT)
+      infos[c] = runs[c].info
+    else:
+      runs[c], infos[c] = build(args, c)
   log = (lambda line: print(line, file=sys.stderr, flush=True))
   times = interleave(runs, rounds=args.rounds, repeats=args.steps, warmup=args.warmup, log=log)
+  for c in configs:
+    if isinstance(runs[c], Served):
+      infos[c] = runs[c].close()
   flops = {c: infos[c].get('flops') for c in configs}
   if args.scan_layers:  # XLA counts a scanned loop body once: not a per-step count
     flops = {c: None for c in configs}
@@ -432,8 +461,9 @@ def run_speed(args, configs) -> dict:
     base = base_config(c)
     if base in BASELINE and BASELINE[base] in times:
       ratios[f'{c} vs {BASELINE[base]}'] = ratio_stats(times[BASELINE[base]], times[c])
-    if ':' in c and base in times:
-      ratios[f'{c} vs {base}'] = ratio_stats(times[base], times[c])
+    reference = base + ('@default' if '@' in c else '')
+    if c != reference and reference in times:
+      ratios[f'{c} vs {reference}'] = ratio_stats(times[reference], times[c])
   for key, stats in ratios.items():
     a, b = key.split(' vs ')
     print(f'speed {label(a)} / {label(b)}: {format_ratio(stats)}'
@@ -480,18 +510,24 @@ def main(argv=None) -> None:
                       'only with scanned layers)')
   p.add_argument('--json', help='also write the results here')
   p.add_argument('--worker', help=argparse.SUPPRESS)
+  p.add_argument('--serve', help=argparse.SUPPRESS)
   p.add_argument('--hf-dir', help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   if args.quick:
     args.batch, args.input_len, args.target_len, args.prompt_len = 2, 32, 8, 8
     args.matmul_n = 512
-    if not args.worker:
+    if not (args.worker or args.serve):
       args.rounds, args.steps, args.warmup = min(args.rounds, 3), 1, 1
   args.vocab_hi = 32000 if not args.quick else 100
   if args.device == 'cpu':
     os.environ.setdefault('JAX_PLATFORMS', 'cpu')
   if args.worker:
     print('RESULT ' + json.dumps(worker_memory(args)), flush=True)
+    return
+  if args.serve:
+    run, info = build(args, args.serve)
+    info.pop('compiled', None)
+    serve(run, lambda: info)
     return
   if args.memory and '--steps' not in ' '.join(argv if argv is not None else sys.argv):
     args.steps = 3 if args.quick else 10
@@ -501,6 +537,13 @@ def main(argv=None) -> None:
   bad = [c for c in configs if base_config(c) not in CONFIGS]
   if bad:
     raise SystemExit(f'unknown configs {bad}; expected a subset of {CONFIGS}')
+  import step_variants
+  bad = [c for c in configs if ('@' in c and c.partition('@')[2] not in step_variants.XLA_FLAG_SETS)
+         or (':' in c and c.partition('@')[0].partition(':')[2] not in step_variants.VARIANTS)]
+  if bad:
+    raise SystemExit(f'unknown variants or XLA flag sets in {bad}: variants '
+                     f'{sorted(step_variants.VARIANTS)}, flag sets '
+                     f'{sorted(step_variants.XLA_FLAG_SETS)}')
   if args.prompt_len >= args.input_len:
     raise SystemExit('--prompt-len must be below --input-len (the input length includes it)')
 

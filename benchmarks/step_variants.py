@@ -22,3 +22,13 @@ def _patched(obj, name: str, value) -> Iterator[None]:
 
 
 VARIANTS: Dict[str, Callable[[], contextlib.AbstractContextManager]] = {}
+
+# XLA_FLAGS sets for `NAME@SET` configs (each runs in its own process). jax 0.10's XLA:CPU
+# runs dots through YNNPACK fusions by default; an empty fusion type falls back to Eigen.
+XLA_FLAG_SETS: Dict[str, str] = {
+    'default': '',
+    'eigen_dot': '--xla_cpu_experimental_ynn_fusion_type=',
+    'onednn': '--xla_cpu_use_onednn=true',
+    'no_thunks': '--xla_cpu_use_thunk_runtime=false',
+    'single_thread_eigen': '--xla_cpu_multi_thread_eigen=false',
+}
