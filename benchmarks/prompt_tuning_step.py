@@ -433,9 +433,10 @@ def run_speed(args, configs) -> dict:
   if args.scan_layers:  # XLA counts a scanned loop body once: not a per-step count
     flops = {c: None for c in configs}
   for c in configs:  # a torch config is credited with its jaxpt counterpart's count
-    if flops[c] is None or flops[c] != flops[c]:
-      twin = [j for j, t in BASELINE.items() if t == c and j in flops]
-      flops[c] = flops[twin[0]] if twin and not args.scan_layers else None
+    if not base_config(c).startswith('jaxpt_') and not args.scan_layers:
+      twins = [flops[j] for j in configs if BASELINE.get(base_config(j)) == base_config(c)
+               and flops[j]]
+      flops[c] = twins[0] if twins else None
   head = ('config', 'compile s', 'median step s', 'examples/s', 'GFLOP/step', 'GFLOP/s',
           '% of matmul peak', 'loss first -> last')
   print('| ' + ' | '.join(head) + ' |')
