@@ -37,6 +37,10 @@ CATEGORIES = ('attention batched matmuls', 'attention softmax + bias + mask',
               'embedding + prompt', 'optimizer + other')
 
 
+# The most expensive ops of each framework, for --top: {framework: {op: ms per step}}.
+TOP: Dict[str, Dict[str, float]] = collections.defaultdict(collections.Counter)
+
+
 def jax_category(op_name: str, opcode: str) -> str:
   """A category for one XLA op from its metadata op_name and its instruction name."""
   path = op_name.lower()
@@ -65,34 +69,38 @@ def jax_category(op_name: str, opcode: str) -> str:
   return 'optimizer + other'
 
 
-TORCH_RULES = (
-    ('attention batched matmuls', ('aten::bmm', 'aten::baddbmm', 'aten::matmul')),
-    ('attention softmax + bias + mask', ('softmax', 'aten::masked_fill', 'aten::where')),
-    ('layout copies/transposes', ('aten::copy_', 'aten::contiguous', 'aten::clone',
-                                  'aten::transpose', 'aten::permute', 'aten::view', 'aten::t')),
-    ('vocab projection + loss', ('cross_entropy', 'nll_loss', 'log_softmax')),
-    ('MLP matmuls', ('aten::mm', 'aten::addmm', 'aten::linear')),
-    ('MLP activations', ('gelu', 'tanh')),
-    ('layer norms + residuals', ('aten::pow', 'aten::mean', 'aten::rsqrt', 'aten::add',
-                                 'aten::mul')),
-    ('embedding + prompt', ('embedding', 'aten::cat', 'aten::index')),
-    ('optimizer + other', ('',)),
+TORCH_RULES = (  # (category, exact aten names, name substrings)
+    ('attention batched matmuls', {'aten::bmm', 'aten::baddbmm'}, ('scaled_dot_product',)),
+    ('attention softmax + bias + mask', set(), ('softmax', 'masked_fill')),
+    ('layout copies/transposes', {'aten::copy_', 'aten::contiguous', 'aten::clone',
+                                  'aten::transpose', 'aten::permute', 'aten::view',
+                                  'aten::t', 'aten::reshape', 'aten::_unsafe_view'}, ()),
+    ('vocab projection + loss', set(), ('cross_entropy', 'nll_loss', 'log_softmax')),
+    ('MLP activations', set(), ('gelu', 'tanh')),
+    ('layer norms + residuals', {'aten::pow', 'aten::mean', 'aten::rsqrt', 'aten::add',
+                                 'aten::add_', 'aten::mul'}, ()),
+    ('embedding + prompt', {'aten::cat'}, ('embedding',)),
 )
 
 
 def torch_category(name: str, shapes=(), vocab: int = 32128, mlp: int = 1024) -> str:
   """peft's aten ops by name; a 2-d matmul by its operand shapes (vocabulary, MLP or
-  attention projection)."""
+  attention projection); elementwise ops on [.., mlp] tensors are the MLP's activation."""
+  shapes = [tuple(x) for x in shapes or () if x]
   if name in ('aten::mm', 'aten::addmm', 'aten::linear', 'aten::matmul') and shapes:
-    dims = {d for shape in shapes if shape and len(shape) <= 2 for d in shape}
-    if len(shapes[0] or ()) <= 2:
+    if len(shapes[0]) <= 2:
+      dims = {d for shape in shapes for d in shape}
       if vocab in dims:
         return 'vocab projection + loss'
       if mlp in dims:
         return 'MLP matmuls'
       return 'attention q/k/v/o projections'
-  for category, keys in TORCH_RULES:
-    if any(k in name for k in keys):
+  for category, names, parts in TORCH_RULES:
+    if name in names or any(p in name for p in parts):
+      if category == 'layer norms + residuals' and shapes and shapes[0][-1:] == (mlp,):
+        return 'MLP activations'
+      if category == 'layer norms + residuals' and shapes and vocab in shapes[0]:
+        return 'vocab projection + loss'
       return category
   return 'optimizer + other'
 
@@ -135,6 +143,7 @@ def profile_jaxpt(args) -> Dict[Tuple[str, str], float]:
         op_name, backward = index[ev.name]
         key = (jax_category(op_name, ev.name), 'bwd' if backward else 'fwd')
         totals[key] += ev.duration_ns / 1e6 / args.steps
+        TOP['jaxpt'][f'{ev.name} [{op_name[-70:]}]'] += ev.duration_ns / 1e6 / args.steps
   totals[('wall-clock step', 'fwd')] = wall * 1e3
   return totals
 
@@ -157,6 +166,8 @@ def profile_peft(args) -> Dict[Tuple[str, str], float]:
       continue
     category = torch_category(ev.key, ev.input_shapes)
     totals[(category, 'all')] += ev.self_cpu_time_total / 1e3 / args.steps
+    TOP['peft'][f'{ev.key} {ev.input_shapes} -> {category}'] += (ev.self_cpu_time_total / 1e3
+                                                                 / args.steps)
   totals[('wall-clock step', 'all')] = wall * 1e3
   del torch
   return totals
@@ -199,6 +210,7 @@ def main(argv=None) -> None:
   p.add_argument('--prompt-len', type=int, default=100)
   p.add_argument('--variant', default='', help='a jaxpt step variant (step_variants.py)')
   p.add_argument('--quick', action='store_true')
+  p.add_argument('--top', type=int, default=0, help='also list the N most expensive ops')
   args = p.parse_args(argv)
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')
   import jax
@@ -232,6 +244,9 @@ def main(argv=None) -> None:
       results['peft'] = profile_peft(ns)
   print()
   print_table(results)
+  for fw in results:
+    for op, ms in TOP[fw].most_common(args.top):
+      print(f'  {fw} {ms:8.1f} ms  {op}')
   print(footer(load_start, load_average()))
 
 
