@@ -108,6 +108,20 @@ def test_train_on_own_files_writes_prompt_and_metrics(tmp_path, capsys):
   assert 'wrote checkpoints, prompt, prompt_best, metrics.jsonl' in printed
 
 
+def test_packed_training_run(tmp_path, capsys):
+  """PACK: the run trains on packed rows (each with its prompt) and evaluates unpacked."""
+  out = _train(tmp_path, pack=True)
+  assert out['step'] == 2
+  printed = capsys.readouterr().out
+  assert 'data: packed 512 examples into' in printed
+  records = [json.loads(line) for line in (tmp_path / 'run' / 'metrics.jsonl').read_text()
+             .splitlines()]
+  train = [r for r in records if r['split'] == 'train']
+  # more target tokens a step than 4 unpacked rows hold (4 rows x 2 label tokens at most)
+  assert train and all(r['num_tokens'] > 8 for r in train)
+  assert any(r['split'] == 'eval' for r in records)
+
+
 def test_train_refuses_both_or_neither_data_source(tmp_path):
   with pytest.raises(ValueError, match='exactly one of MIXTURE_OR_TASK_NAME'):
     _train(tmp_path, mixture_or_task_name='synthetic_two_class')

@@ -165,6 +165,21 @@ def _check_placement(method: Any) -> None:
         f'inputs in Python with jaxpt.methods.Template')
 
 
+def _packing(pack: bool, method: Any, user_file: bool) -> bool:
+  """Whether this run trains on packed rows: PACK, where packing is exact and supported."""
+  if not pack:
+    return False
+  if method.prefix_position != 'none':
+    print(f'data: training unpacked: {method.name} with peft-style prefixes (prefix keys at '
+          f'positions before the row) is not exact on packed rows', flush=True)
+    return False
+  if not user_file:
+    print('data: training unpacked: PACK packs TRAIN_FILE runs; SeqIO tasks are not packed '
+          'yet', flush=True)
+    return False
+  return True
+
+
 def _task_setup(task_name: str, feature_lengths: Mapping[str, int], prompt_length: int):
   import tasks
   task = tasks.get_task(task_name)
@@ -237,8 +252,9 @@ def _file_data(train_file: str, validation_file: Optional[str], vocab: Any,
                feature_lengths: Mapping[str, int], prompt_length: int, batch_size: int,
                seed: int, *, input_template: Optional[str], input_field: str,
                target_field: str, labels: Optional[Sequence[str]],
-               eval_examples: Optional[int]) -> _RunData:
+               eval_examples: Optional[int], pack: bool = False) -> _RunData:
   import tasks
+  from jaxpt.data.packing import PackedBatches, padding_share
   from jaxpt.data.text_classification import ClassificationBatches, encode_inputs, label_table
   from jaxpt.data.user_files import label_list, read_examples
 
@@ -267,8 +283,18 @@ def _file_data(train_file: str, validation_file: Optional[str], vocab: Any,
     print(f'data: {len(held_out):,} validation examples from {validation_file}', flush=True)
     evaluate = lambda model, params: score_examples(model, params, held_inputs, targets, vocab,
                                                     words)['metrics']
-  return _RunData(ClassificationBatches(inputs, rows, table, batch_size, seed),
-                  vocab.encode, vocab.vocab_size, evaluate)
+  if not pack:
+    batches = ClassificationBatches(inputs, rows, table, batch_size, seed)
+  else:
+    batches = PackedBatches([x[x != 0] for x in inputs], [table[r][table[r] != 0] for r in rows],
+                            batch_size, inputs_length=feature_lengths['inputs'],
+                            targets_length=lengths['targets'], prompt_length=prompt_length,
+                            seed=seed)
+    share = padding_share(batches.features)
+    print(f'data: packed {batches.num_examples:,} examples into {batches.num_rows:,} rows '
+          f'({batches.batches_per_epoch:,} batches an epoch, '
+          f'{100 * share["encoder"]:.1f}% of encoder positions padding)', flush=True)
+  return _RunData(batches, vocab.encode, vocab.vocab_size, evaluate)
 
 
 def _read_user_inputs(path: str, checkpoint: Optional[str], feature_lengths: Mapping[str, int],
@@ -350,7 +376,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: Optional[str] 
           input_field: str = 'input', target_field: str = 'target',
           labels: Optional[Sequence[str]] = None,
           start_fresh: bool = False, frozen_dtype: Optional[str] = None,
-          data_shards: Optional[int] = None) -> Dict[str, Any]:
+          data_shards: Optional[int] = None, pack: bool = False) -> Dict[str, Any]:
   """Tunes `method` on a frozen backbone; see gin/runs/train.gin for the macros.
 
   The data is a SeqIO task (`mixture_or_task_name`) or the user's own files
@@ -368,7 +394,10 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: Optional[str] 
   `batch_size` is the global batch; on several processes (`jax.distributed`)
   each reads only its `batch_size / processes` rows, from its own SeqIO shards
   (`data_shards` of them in all, default one per process; fix it to get the same
-  batches, and losses, on any number of processes).
+  batches, and losses, on any number of processes). `pack` (PACK) packs several
+  training examples into each row of a TRAIN_FILE run, each with its own prompt
+  (`jaxpt.data.packing`); it is exact for every method but peft-style prefixes,
+  which train unpacked. SeqIO tasks train unpacked for now.
   """
   from jaxpt.train.loop import train as train_loop
 
@@ -391,12 +420,13 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: Optional[str] 
     model = _backbone(initial_checkpoint_path, model_config, seed, partitioning,
                       frozen_dtype if frozen_all else None)
     prompted = prompted_model(model.config, method, label_smoothing=label_smoothing, z_loss=z_loss)
+    pack = _packing(pack, method, bool(train_file))
     if train_file:
       data = _file_data(train_file, validation_file if eval_split else None,
                         backbone_vocabulary(initial_checkpoint_path), task_feature_lengths,
                         method.prompt_length, batch_size, seed, input_template=input_template,
                         input_field=input_field, target_field=target_field, labels=labels,
-                        eval_examples=eval_examples)
+                        eval_examples=eval_examples, pack=pack)
     else:
       data = _task_data(mixture_or_task_name, eval_split, task_feature_lengths,
                         method.prompt_length, batch_size, seed, eval_examples, data_shards)
@@ -417,7 +447,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: Optional[str] 
         model, method, mixture_or_task_name, train_file, validation_file, input_template,
         input_field, target_field, labels, seed=seed, batch_size=batch_size,
         task_feature_lengths=task_feature_lengths, trainable_rules=trainable_rules,
-        label_smoothing=label_smoothing, z_loss=z_loss)
+        label_smoothing=label_smoothing, z_loss=z_loss, **({'pack': True} if pack else {}))
     if main_process:
       run_dir.check_identity(model_dir, identity, start_fresh)
       with open(os.path.join(model_dir, CONFIG_FILE), 'w') as f:

@@ -24,8 +24,19 @@ def pad_rows(rows: Sequence[Sequence[int]], length: Optional[int] = None) -> np.
   return out
 
 
-def shift_right(targets: np.ndarray, start: int = PAD_ID) -> np.ndarray:
-  """Decoder inputs: targets shifted right by one behind the decoder start id (T5: 0)."""
+def shift_right(targets: np.ndarray, start: int = PAD_ID,
+                segment_ids: Optional[np.ndarray] = None) -> np.ndarray:
+  """Decoder inputs: targets shifted right by one behind the decoder start id (T5: 0).
+
+  With `segment_ids` (packed rows) each segment starts with `start` and never
+  sees the previous segment's last token.
+  """
   targets = np.asarray(targets)
-  return np.concatenate([np.full(targets.shape[:-1] + (1,), start, targets.dtype),
-                         targets[..., :-1]], axis=-1)
+  shifted = np.concatenate([np.full(targets.shape[:-1] + (1,), start, targets.dtype),
+                            targets[..., :-1]], axis=-1)
+  if segment_ids is None:
+    return shifted
+  segment_ids = np.asarray(segment_ids)
+  previous = np.concatenate([np.zeros(segment_ids.shape[:-1] + (1,), segment_ids.dtype),
+                             segment_ids[..., :-1]], axis=-1)
+  return np.where(segment_ids == previous, shifted, np.asarray(start, targets.dtype))

@@ -39,11 +39,47 @@ PREFIX_POSITIONS = ('none', 'offset')
 class PlacedPrompt(NamedTuple):
   """Soft vectors placed inside the encoder input instead of before it.
 
-  vectors: [P, d] or [batch, P, d]. The encoder input marks where row k goes
-  with the id `prompt_marker(k)` = -(k + 1); those positions are ordinary
-  sequence positions (attended, relative positions as for any token).
+  vectors: [P, d] or [batch, P, d]; with `task_ids`, [num_tasks, P, d].
+  task_ids: optional [batch, length] task of each encoder token (packed rows
+    of mixed tasks): a marked token takes row k of its own task's prompt.
+  The encoder input marks where row k goes with the id `prompt_marker(k)` =
+  -(k + 1); those positions are ordinary sequence positions (attended,
+  relative positions as for any token).
   """
   vectors: Array
+  task_ids: Optional[Array] = None
+
+
+class Segments(NamedTuple):
+  """Packed rows: which example (segment) and task every position belongs to.
+
+  encoder, decoder: [batch, length] segment ids, 1.. per example, 0 on padding.
+  encoder_tasks, decoder_tasks: [batch, length] task ids, or None (one task).
+  prefix_tasks: (static) the prefixes hold this many per-task blocks side by
+    side; a query attends only to its own task's block.
+  Attention never crosses segments, so T5's relative position bias (row
+  offsets) equals each example's own.
+  """
+  encoder: Array
+  decoder: Array
+  encoder_tasks: Optional[Array] = None
+  decoder_tasks: Optional[Array] = None
+  prefix_tasks: int = 1
+
+
+def _prefix_mask(query_tasks: Optional[Array], prefix_len: int, num_blocks: int,
+                 shape: Tuple[int, int]) -> Array:
+  """[batch, q, prefix_len]: query sees prefix block t only when its task is t."""
+  if query_tasks is None or num_blocks == 1:
+    return jnp.ones(shape + (prefix_len,), bool)
+  block = np.repeat(np.arange(num_blocks), prefix_len // num_blocks)
+  return query_tasks[:, :, None] == jnp.asarray(block)[None, None, :]
+
+
+def segment_mask(query_segments: Array, key_segments: Array) -> Array:
+  """[batch, q, k]: same segment and the key is not padding."""
+  return ((query_segments[:, :, None] == key_segments[:, None, :])
+          & (key_segments[:, None, :] > 0))
 
 
 def prompt_marker(k: int) -> int:
@@ -51,11 +87,15 @@ def prompt_marker(k: int) -> int:
   return -(k + 1)
 
 
-def place_prompt(x: Array, tokens: Array, vectors: Array) -> Array:
-  """`x` [B, L, d] with each marked position replaced by its prompt row."""
+def place_prompt(x: Array, tokens: Array, vectors: Array,
+                 task_ids: Optional[Array] = None) -> Array:
+  """`x` [B, L, d] with each marked position replaced by its prompt row
+  (of its own task's prompt `vectors[task_ids]` when `task_ids` [B, L] is given)."""
   marked = tokens < 0
   index = jnp.clip(-tokens - 1, 0, vectors.shape[-2] - 1)  # [B, L]
-  if vectors.ndim == 2:
+  if task_ids is not None:
+    rows = vectors[jnp.clip(task_ids, 0, vectors.shape[0] - 1), index]
+  elif vectors.ndim == 2:
     rows = vectors[index]
   else:
     rows = jnp.take_along_axis(vectors, index[..., None], axis=1)
@@ -190,14 +230,21 @@ class Encoder(nn.Module):
   @nn.compact
   def __call__(self, tokens: Array, prompt: Union[None, Array, PlacedPrompt] = None,
                prefix: Optional[Tuple[Array, Array]] = None,
-               deterministic: bool = True) -> Tuple[Array, Array]:
+               deterministic: bool = True,
+               segments: Optional[Segments] = None) -> Tuple[Array, Array]:
     """Returns (encoded [batch, prompt + length, emb], valid [batch, prompt + length]).
 
     A `PlacedPrompt` takes no extra positions: its rows replace the marked ids.
+    With `segments` (packed rows) attention stays inside each segment and a
+    prompt must be placed.
     """
     cfg = self.config
+    if segments is not None and prompt is not None and not isinstance(prompt, PlacedPrompt):
+      raise ValueError('packed rows take a PlacedPrompt (markers at each segment start), not '
+                       'a prompt prepended to the row')
     if isinstance(prompt, PlacedPrompt):
-      x = place_prompt(self.shared_embedding(jnp.maximum(tokens, 0)), tokens, prompt.vectors)
+      x = place_prompt(self.shared_embedding(jnp.maximum(tokens, 0)), tokens, prompt.vectors,
+                       prompt.task_ids)
       valid = tokens != 0
     else:
       x = self.shared_embedding(tokens)
@@ -213,8 +260,15 @@ class Encoder(nn.Module):
     prefix_len = 0 if prefix is None else prefix[0].shape[2]
     positions = Positions(tuple(range(length)), tuple(range(length)), prefix_len, True,
                           self.prefix_position)
-    key_valid = jnp.concatenate([jnp.ones((x.shape[0], prefix_len), bool), valid], axis=1)
-    bias = jnp.where(key_valid, 0.0, NEG_INF)[:, None, None, :]
+    if segments is None:
+      key_valid = jnp.concatenate([jnp.ones((x.shape[0], prefix_len), bool), valid], axis=1)
+      bias = jnp.where(key_valid, 0.0, NEG_INF)[:, None, None, :]
+    else:
+      mask = jnp.concatenate(
+          [_prefix_mask(segments.encoder_tasks, prefix_len, segments.prefix_tasks,
+                        (x.shape[0], length)),
+           segment_mask(segments.encoder, segments.encoder)], axis=-1)
+      bias = jnp.where(mask, 0.0, NEG_INF)[:, None]
     if not cfg.per_layer_relpos_bias:
       bias = bias + position_bias(
           RelativePositionBias(cfg, bidirectional=True, name='relpos_bias'), positions)
@@ -237,12 +291,17 @@ class Decoder(nn.Module):
                self_prefix: Optional[Tuple[Array, Array]] = None,
                cross_prefix: Optional[Tuple[Array, Array]] = None,
                deterministic: bool = True, decode: bool = False,
-               max_decode_length: Optional[int] = None) -> Array:
+               max_decode_length: Optional[int] = None,
+               segments: Optional[Segments] = None) -> Array:
     """Returns float32 logits [batch, length, vocab].
 
     In decode mode `tokens` is one step [batch, 1] (after the initializing
-    call) and `max_decode_length` is the cache length.
+    call) and `max_decode_length` is the cache length. With `segments`
+    (packed rows, no decode mode) self-attention is causal within a segment
+    and cross-attention sees the same segment's encoder positions.
     """
+    if segments is not None and decode:
+      raise ValueError('decode mode runs on unpacked rows')
     cfg = self.config
     y = self.shared_embedding(tokens)
     y = nn.with_logical_constraint(y, ('batch', 'length', 'embed'))
@@ -254,14 +313,27 @@ class Decoder(nn.Module):
                           self.prefix_position)
     causal = np.tril(np.ones((length, length), bool))
     causal = np.concatenate([np.ones((length, self_prefix_len), bool), causal], axis=1)
-    self_bias = jnp.asarray(np.where(causal, 0.0, NEG_INF), jnp.float32)[None, None]
+    cross_prefix_len = 0 if cross_prefix is None else cross_prefix[0].shape[2]
+    if segments is None:
+      self_bias = jnp.asarray(np.where(causal, 0.0, NEG_INF), jnp.float32)[None, None]
+      cross_valid = jnp.concatenate(
+          [jnp.ones((encoder_valid.shape[0], cross_prefix_len), bool), encoder_valid], axis=1)
+      cross_bias = jnp.where(cross_valid, 0.0, NEG_INF)[:, None, None, :]
+    else:
+      shape = tokens.shape[:2]
+      self_mask = jnp.concatenate(
+          [_prefix_mask(segments.decoder_tasks, self_prefix_len, segments.prefix_tasks, shape),
+           segment_mask(segments.decoder, segments.decoder) & causal[None, :, self_prefix_len:]],
+          axis=-1)
+      self_bias = jnp.where(self_mask, 0.0, NEG_INF)[:, None]
+      cross_mask = jnp.concatenate(
+          [_prefix_mask(segments.decoder_tasks, cross_prefix_len, segments.prefix_tasks, shape),
+           segment_mask(segments.decoder, segments.encoder) & encoder_valid[:, None, :]],
+          axis=-1)
+      cross_bias = jnp.where(cross_mask, 0.0, NEG_INF)[:, None]
     if not cfg.per_layer_relpos_bias:
       self_bias = self_bias + position_bias(
           RelativePositionBias(cfg, bidirectional=False, name='relpos_bias'), positions)
-    cross_prefix_len = 0 if cross_prefix is None else cross_prefix[0].shape[2]
-    cross_valid = jnp.concatenate(
-        [jnp.ones((encoder_valid.shape[0], cross_prefix_len), bool), encoder_valid], axis=1)
-    cross_bias = jnp.where(cross_valid, 0.0, NEG_INF)[:, None, None, :]
 
     y = _run_stack(self, DecoderLayer, cfg.num_decoder_layers, y,
                    (encoded, self_bias, cross_bias), (self_prefix, cross_prefix),
@@ -293,24 +365,28 @@ class T5(nn.Module):
     self.decoder = Decoder(self.config, self.token_embedder, self.prefix_position)
 
   def encode(self, encoder_tokens: Array, prompt: Optional[Array] = None,
-             prefixes: Optional[Prefixes] = None,
-             deterministic: bool = True) -> Tuple[Array, Array]:
+             prefixes: Optional[Prefixes] = None, deterministic: bool = True,
+             segments: Optional[Segments] = None) -> Tuple[Array, Array]:
     prefixes = prefixes or {}
-    return self.encoder(encoder_tokens, prompt, prefixes.get('encoder'), deterministic)
+    return self.encoder(encoder_tokens, prompt, prefixes.get('encoder'), deterministic,
+                        segments)
 
   def decode(self, encoded: Array, encoder_valid: Array, decoder_tokens: Array,
              prefixes: Optional[Prefixes] = None, deterministic: bool = True,
-             decode: bool = False, max_decode_length: Optional[int] = None) -> Array:
+             decode: bool = False, max_decode_length: Optional[int] = None,
+             segments: Optional[Segments] = None) -> Array:
     prefixes = prefixes or {}
     return self.decoder(encoded, encoder_valid, decoder_tokens, prefixes.get('decoder_self'),
-                        prefixes.get('decoder_cross'), deterministic, decode, max_decode_length)
+                        prefixes.get('decoder_cross'), deterministic, decode, max_decode_length,
+                        segments)
 
   def __call__(self, encoder_tokens: Array, decoder_tokens: Array,
                prompt: Optional[Array] = None, prefixes: Optional[Prefixes] = None,
-               deterministic: bool = True) -> Array:
-    """Teacher-forced logits [batch, target_len, vocab] (float32)."""
-    encoded, valid = self.encode(encoder_tokens, prompt, prefixes, deterministic)
-    return self.decode(encoded, valid, decoder_tokens, prefixes, deterministic)
+               deterministic: bool = True, segments: Optional[Segments] = None) -> Array:
+    """Teacher-forced logits [batch, target_len, vocab] (float32); `segments` for packed rows."""
+    encoded, valid = self.encode(encoder_tokens, prompt, prefixes, deterministic, segments)
+    return self.decode(encoded, valid, decoder_tokens, prefixes, deterministic,
+                       segments=segments)
 
 
 def init_params(config: T5Config, rng: Array) -> Dict:

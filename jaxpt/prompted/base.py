@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from jaxpt.methods.interface import Method, SoftInputs
 from jaxpt.methods.model_tuning import ModelTuning
 from jaxpt.models.config import T5Config
-from jaxpt.models.t5 import T5
+from jaxpt.models.t5 import T5, PlacedPrompt, Segments
 from jaxpt.prompted import decoding, scoring
 from jaxpt.prompted.loss import loss_and_metrics
 
@@ -33,6 +33,11 @@ Array = jax.Array
 Batch = Mapping[str, Array]
 Params = Mapping[str, Any]
 STRATEGIES = ('greedy', 'sample', 'beam')
+
+
+def is_packed(batch: Batch) -> bool:
+  """The batch holds packed rows (`jaxpt.data.packing`): it carries segment ids."""
+  return 'encoder_segment_ids' in batch
 
 
 def loss_weights(batch: Batch) -> Array:
@@ -63,6 +68,40 @@ class PromptedModel(abc.ABC):
                   task_ids: Optional[Array] = None) -> SoftInputs:
     """The method's prompt / prefixes for a batch (`params['method']`)."""
     return self.method.soft_inputs(params.get('method', {}), self.config, batch_size, task_ids)
+
+  def packed_soft_inputs(self, params: Params, batch: Batch) -> Tuple[SoftInputs, Segments]:
+    """The method's soft inputs for packed rows, and the rows' `Segments`.
+
+    Every task's prompt / prefix is computed once: a prompt becomes a
+    `PlacedPrompt` [num_prompts, P, d] picked per token by `encoder_task_ids`
+    (the packer put its markers at each segment start); prefixes of all tasks
+    sit side by side and each query attends to its own task's block.
+    """
+    method = self.method
+    if method.prefix_position != 'none':
+      raise ValueError(f'{method.name} with prefix_position {method.prefix_position!r} (peft-'
+                       f'style prefixes) is not exact on packed rows: its prefix positions are '
+                       f'relative to the row start; train it unpacked (PACK = False)')
+    k = method.num_prompts
+    if k > 1 and 'encoder_task_ids' not in batch:
+      raise ValueError(f'{k} prompts are kept: packed rows need encoder_task_ids and '
+                       f'decoder_task_ids (pack_examples(..., task_ids=...))')
+    enc_tasks = batch['encoder_task_ids'] if k > 1 else None
+    dec_tasks = batch['decoder_task_ids'] if k > 1 else None
+    soft = method.soft_inputs(params.get('method', {}), self.config, 1 if k == 1 else k,
+                              jnp.arange(k) if k > 1 else None)
+    prompt = soft.prompt
+    if prompt is not None:
+      vectors = prompt.vectors if isinstance(prompt, PlacedPrompt) else prompt
+      prompt = PlacedPrompt(vectors, enc_tasks) if k > 1 else PlacedPrompt(vectors)
+    prefixes = None
+    if soft.prefixes:
+      # [layers, K, P, H, D] -> [layers, 1, K * P, H, D]: task t's block is columns t*P...
+      prefixes = {name: tuple(a.reshape(a.shape[0], 1, -1, *a.shape[3:]) for a in kv)
+                  for name, kv in soft.prefixes.items()}
+    segments = Segments(batch['encoder_segment_ids'], batch['decoder_segment_ids'],
+                        enc_tasks, dec_tasks, k)
+    return soft._replace(prompt=prompt, prefixes=prefixes), segments
 
   @abc.abstractmethod
   def logits(self, params: Params, batch: Batch, *, deterministic: bool = True,
@@ -122,22 +161,30 @@ class EncoderDecoderModel(PromptedModel):
   def _rngs(self, deterministic: bool, rng: Optional[Array]) -> Dict[str, Array]:
     return {'dropout': rng} if (rng is not None and not deterministic) else {}
 
-  def logits(self, params, batch, *, deterministic=True, rng=None):
+  def _inputs(self, params, batch) -> Tuple[SoftInputs, Optional[Segments]]:
+    if is_packed(batch):
+      return self.packed_soft_inputs(params, batch)
     enc = batch['encoder_input_tokens']
-    soft = self.soft_inputs(params, enc.shape[0], batch.get('task_ids'))
-    return self.network.apply({'params': params['backbone']}, enc, batch['decoder_input_tokens'],
-                              prompt=soft.prompt, prefixes=soft.prefixes,
-                              deterministic=deterministic, rngs=self._rngs(deterministic, rng))
+    return self.soft_inputs(params, enc.shape[0], batch.get('task_ids')), None
+
+  def logits(self, params, batch, *, deterministic=True, rng=None):
+    soft, segments = self._inputs(params, batch)
+    extra = {} if segments is None else {'segments': segments}
+    return self.network.apply({'params': params['backbone']}, batch['encoder_input_tokens'],
+                              batch['decoder_input_tokens'], prompt=soft.prompt,
+                              prefixes=soft.prefixes, deterministic=deterministic,
+                              rngs=self._rngs(deterministic, rng), **extra)
 
   def logits_and_hidden(self, params, batch, *, deterministic=True, rng=None):
-    enc = batch['encoder_input_tokens']
-    soft = self.soft_inputs(params, enc.shape[0], batch.get('task_ids'))
+    soft, segments = self._inputs(params, batch)
     module, rngs = self.network, self._rngs(deterministic, rng)
     variables = {'params': params['backbone']}
-    encoded, valid = module.apply(variables, enc, soft.prompt, soft.prefixes, deterministic,
+    encoded, valid = module.apply(variables, batch['encoder_input_tokens'], soft.prompt,
+                                  soft.prefixes, deterministic, segments,
                                   method=T5.encode, rngs=rngs)
     logits = module.apply(variables, encoded, valid, batch['decoder_input_tokens'],
-                          soft.prefixes, deterministic, method=T5.decode, rngs=rngs)
+                          soft.prefixes, deterministic, segments=segments,
+                          method=T5.decode, rngs=rngs)
     return logits, encoded, valid
 
   def score(self, params, encoder_tokens, label_tokens, task_ids=None):

@@ -205,7 +205,9 @@ def train(model: PromptedModel, backbone_params: Any, method_params: Any,
     method_params: its initial parameters (`method.init(...)`); not donated.
     batches: data position k -> the k-th batch, a dict of numpy arrays with
       encoder_input_tokens, decoder_input_tokens, decoder_target_tokens and
-      optionally task_ids / decoder_loss_weights. Must be deterministic in k.
+      optionally task_ids / decoder_loss_weights, or packed rows
+      (`jaxpt.data.packing`: segment ids, positions, per-token task ids). Must be
+      deterministic in k.
       On several processes (`jax.distributed`), this process's rows of the
       global batch (`jaxpt.data.seqio_batches.TrainBatches` reads them).
     optimizer: an optax optimizer (`jaxpt.train.optim.make_optimizer`).
@@ -349,6 +351,7 @@ def train(model: PromptedModel, backbone_params: Any, method_params: Any,
         step=step, data_position=step - 1, last_good_step=last, last_good_checkpoint=where)
 
   t_last, s_last = time.perf_counter(), start
+  examples = 0  # examples since t_last (packed rows hold several)
   watch_norm = method.has_prompt_vectors and 'method' in trainable
   embedding_rms = (_rms(backbone_params['token_embedder']['embedding'])
                    if watch_norm and 'token_embedder' in backbone_params else None)
@@ -357,12 +360,16 @@ def train(model: PromptedModel, backbone_params: Any, method_params: Any,
   try:
     for s in range(start + 1, num_steps + 1):
       batch = batches(data_position)
-      if num_task_prompts is not None and 'task_ids' in batch:
-        try:
-          check_task_ids(batch['task_ids'], num_task_prompts)
-        except ValueError as e:
-          raise ValueError(f'batch at data position {data_position}: {e}') from None
-      batch_size = int(np.shape(batch['encoder_input_tokens'])[0])
+      for key in ('task_ids', 'encoder_task_ids'):  # unpacked / packed rows
+        if num_task_prompts is not None and key in batch:
+          try:
+            check_task_ids(batch[key], num_task_prompts)
+          except ValueError as e:
+            raise ValueError(f'batch at data position {data_position}: {e}') from None
+      if 'decoder_segment_ids' in batch:  # packed: a row's last segment id counts its examples
+        examples += int(np.asarray(batch['decoder_segment_ids']).max(axis=1).sum())
+      else:
+        examples += int(np.shape(batch['encoder_input_tokens'])[0])
       state, metrics = step_fn(state, frozen, dict(batch), rng)
       data_position += 1
       if s == start + 1 and s != num_steps and log_every > 1:
@@ -370,7 +377,7 @@ def train(model: PromptedModel, backbone_params: Any, method_params: Any,
         jax.block_until_ready(metrics)
         say(f'step {s}: compiled and ran the first step in {time.perf_counter() - t_last:.1f} s '
             f'(not counted in examples/s)')
-        t_last, s_last = time.perf_counter(), s
+        t_last, s_last, examples = time.perf_counter(), s, 0
       if pending is not None:
         check(*pending)  # the previous step, while this one runs
       pending = (s, metrics)
@@ -385,7 +392,7 @@ def train(model: PromptedModel, backbone_params: Any, method_params: Any,
 
       if do_log:
         now = time.perf_counter()
-        rate = batch_size * jax.process_count() * (s - s_last) / max(now - t_last, 1e-9)
+        rate = examples * jax.process_count() / max(now - t_last, 1e-9)
         eta = (num_steps - s) * (now - t_last) / max(s - s_last, 1)
         values = _scalars(metrics)
         values.pop('finite', None)
@@ -395,7 +402,7 @@ def train(model: PromptedModel, backbone_params: Any, method_params: Any,
             f'{values.get("token_accuracy", float("nan")):.3f}  {rate:.1f} examples/s  '
             f'ETA {_format_eta(eta)}')
         record(entry)
-        t_last, s_last = now, s
+        t_last, s_last, examples = now, s, 0
         if embedding_rms and not norm_warned:
           ratio = _rms(method.task_prompts(state.trainable['method'])) / embedding_rms
           if ratio > PROMPT_NORM_WARNING:
