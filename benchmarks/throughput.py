@@ -14,8 +14,9 @@ shapes, random weights: speed does not depend on the values). Prompt tuning with
 
 Every configuration gets the same budget of `--budget` padded positions (encoder + prompt)
 per batch:
-  jaxpt packed   rows of the padded length, several examples per row, each with its own
-                 prompt copy (`jaxpt.data.packing.pack_examples`); rows = budget // length
+  jaxpt packed   rows of `--pack-factor` (2) x the padded length, several examples per row,
+                 each with its own prompt copy (`jaxpt.data.packing.pack_examples`);
+                 rows = budget // row length
   jaxpt padded   T5X's fixed feature lengths: every example padded to the longest input of
                  the split (+ P) and the longest target; rows = budget // length
   peft dynamic   the HF collator: each batch padded to its own longest example; examples are
@@ -131,8 +132,11 @@ def packed_features(inputs, targets, rows: int, length: int, target_len: int, pr
   return list(packed_batches(features, rows))
 
 
-def plans(inputs, targets, prompt: int, budget: int, configs: Sequence[str]) -> Dict[str, Dict]:
-  """Per config: its batches (features for jaxpt, example indices for peft) and positions."""
+def plans(inputs, targets, prompt: int, budget: int, configs: Sequence[str],
+          pack_factor: int = 2) -> Dict[str, Dict]:
+  """Per config: its batches (features for jaxpt, example indices for peft), rows per batch
+  and padding share. Packed rows are `pack_factor` times the padded length (a row as long as
+  the longest example holds little else once every segment carries its own prompt)."""
   in_lens = np.asarray([len(x) for x in inputs])
   tgt_lens = np.asarray([len(y) for y in targets])
   used = int(np.sum(in_lens + tgt_lens)) + prompt * len(inputs)
@@ -145,11 +149,14 @@ def plans(inputs, targets, prompt: int, budget: int, configs: Sequence[str]) -> 
       batches = padded_features(inputs, targets, rows, length - prompt, target_len)
       total = len(batches) * rows * (length + target_len)
     elif c == 'jaxpt_packed':
+      pack_length = pack_factor * length
       # As many target slots per row as segments can fit in it.
-      segments = max(1, length // (prompt + int(in_lens.min())))
+      segments = max(1, pack_length // (prompt + int(in_lens.min())))
       packed_target = -(-segments * target_len // 8) * 8
-      batches = packed_features(inputs, targets, rows, length, packed_target, prompt)
-      total = len(batches) * rows * (length + packed_target)
+      packed_rows = max(1, budget // pack_length)
+      batches = packed_features(inputs, targets, packed_rows, pack_length, packed_target,
+                                prompt)
+      total = len(batches) * packed_rows * (pack_length + packed_target)
     else:
       order = (list(range(len(inputs))) if c == 'peft_dynamic'
                else grouped_order(in_lens, prompt, budget))
@@ -157,7 +164,9 @@ def plans(inputs, targets, prompt: int, budget: int, configs: Sequence[str]) -> 
       total = sum(len(b) * (prompt + int(in_lens[b].max()) + int(tgt_lens[b].max()))
                   for b in batches)
     out[c] = {'batches': batches, 'padding_share': 1.0 - used / total,
-              'rows': rows if c.startswith('jaxpt') else None}
+              'rows': (packed_rows if c == 'jaxpt_packed' else rows)
+              if c.startswith('jaxpt') else None,
+              'length': pack_length if c == 'jaxpt_packed' else length}
   return out
 
 
@@ -289,10 +298,12 @@ def measure(task: str, backbone_name: str, args, tmp: str, log) -> Tuple[List[Di
     except ImportError:
       log('jaxpt.data.packing is not available: the packed column is left out')
       configs.remove('jaxpt_packed')
-  plan = plans(inputs, targets, args.prompt_len, args.budget, configs)
+  plan = plans(inputs, targets, args.prompt_len, args.budget, configs, args.pack_factor)
   runs, warms = {}, {}
   for c in configs:
-    log(f'{task}/{backbone_name}: building {c} ({len(plan[c]["batches"])} batches)')
+    shape = (f', rows of {plan[c]["rows"]} x {plan[c]["length"]} positions'
+             if plan[c]['rows'] else '')
+    log(f'{task}/{backbone_name}: building {c} ({len(plan[c]["batches"])} batches{shape})')
     if c.startswith('jaxpt'):
       runs[c], warms[c] = jaxpt_runner(model, args.prompt_len, plan[c]['batches'])
     else:
@@ -301,7 +312,7 @@ def measure(task: str, backbone_name: str, args, tmp: str, log) -> Tuple[List[Di
     t = time.perf_counter()
     warms[c]()
     log(f'  first step {time.perf_counter() - t:.1f} s' + (' (compile included)' if c.startswith('jaxpt') else ''))
-  times = interleave(runs, rounds=args.rounds, repeats=1, warmup=0, log=log)
+  times = interleave(runs, rounds=args.rounds, repeats=1, warmup=args.warmup, log=log)
   real_tokens = int(sum(len(x) + len(y) for x, y in zip(inputs, targets)))
   peft_cols = [c for c in configs if c.startswith('peft')]
   best_peft = min(peft_cols, key=lambda c: median(times[c])) if peft_cols else None
@@ -350,6 +361,9 @@ def main(argv=None) -> Dict[str, Any]:
   p.add_argument('--prompt-len', type=int, default=100)
   p.add_argument('--max-input', type=int, default=412, help='input ids kept per example')
   p.add_argument('--rounds', type=int, default=3)
+  p.add_argument('--warmup', type=int, default=1, help='untimed passes before the rounds')
+  p.add_argument('--pack-factor', type=int, default=2,
+                 help='packed rows are this many times the padded length')
   p.add_argument('--device', choices=('cpu', 'gpu'), default='cpu')
   p.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32')
   p.add_argument('--data-dir', default=os.environ.get(
@@ -359,6 +373,7 @@ def main(argv=None) -> Dict[str, Any]:
   args = p.parse_args(argv)
   if args.quick:
     args.tasks, args.backbones, args.examples, args.rounds = 'rte', 'mini', 32, 2
+    args.warmup = 0
     args.budget = min(args.budget, 2048)
   args.configs = [c.strip() for c in args.configs.split(',') if c.strip()]
   bad = [c for c in args.configs if c not in CONFIGS]
@@ -370,8 +385,9 @@ def main(argv=None) -> Dict[str, Any]:
 
   load_start = load_average()
   print(header(matmul_peak_gflops(dtype=args.dtype), load_start, dtype=args.dtype))
-  print(f'settings: P={args.prompt_len}, budget {args.budget} positions per batch, '
-        f'{args.examples} examples per pass, {args.rounds} rounds, device {args.device}, '
+  print(f'settings: P={args.prompt_len}, budget {args.budget} positions per batch, packed '
+        f'rows {args.pack_factor}x the padded length, {args.examples} examples per pass, '
+        f'{args.rounds} rounds after {args.warmup} warm-up pass(es), device {args.device}, '
         f'{args.dtype}, AdamW lr {LR}')
   rows, ratios = [], {}
   with tempfile.TemporaryDirectory(prefix='jaxpt_throughput_') as tmp:

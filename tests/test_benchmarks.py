@@ -117,3 +117,19 @@ def test_throughput_quick_prints_the_table_and_its_ratios(shared_data, tmp_path)
   for stats in record['ratios'].values():
     assert stats['min'] <= stats['median'] <= stats['max'] and stats['median'] > 0
   assert 'load avg' in proc.stdout and 'run: ' in proc.stdout
+
+
+def test_packed_plan_holds_every_example_once_with_less_padding():
+  pytest.importorskip('jaxpt.data.packing')
+  rng = np.random.default_rng(1)
+  inputs = [np.arange(2, 2 + n, dtype=np.int32) for n in rng.integers(5, 60, 40)]
+  targets = [np.asarray([5, 1], np.int32)] * 40
+  plan = throughput.plans(inputs, targets, prompt=8, budget=256,
+                          configs=('jaxpt_packed', 'jaxpt_padded'), pack_factor=2)
+  packed = plan['jaxpt_packed']
+  assert packed['length'] == 2 * plan['jaxpt_padded']['length']
+  segments = sum(len(set(row[row > 0].tolist())) for b in packed['batches']
+                 for row in b['encoder_segment_ids'])
+  assert segments == len(inputs)
+  assert packed['batches'][0]['encoder_input_tokens'].shape == (packed['rows'], packed['length'])
+  assert packed['padding_share'] < plan['jaxpt_padded']['padding_share']
