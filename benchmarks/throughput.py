@@ -25,7 +25,7 @@ per batch:
                  (transformers' group_by_length megabatches), batch order kept
 Every config trains one pass over the same examples per round (AdamW, lr 1e-3); the rounds
 alternate the configs (benchmarks/interleave.py) and the ratios are medians of per-round
-ratios. examples/s and real (non-pad, non-prompt) tokens/s are over that pass; padding share
+ratios ("vs peft best": against the peft config with the lower median pass time). examples/s and real (non-pad, non-prompt) tokens/s are over that pass; padding share
 is the share of encoder + decoder positions that hold neither a token nor a prompt vector.
 """
 
@@ -324,7 +324,8 @@ def measure(task: str, backbone_name: str, args, tmp: str, log) -> Tuple[List[Di
                  'batches': n_batches, 'examples/batch': len(inputs) / n_batches,
                  'padding share %': 100 * plan[c]['padding_share'], 'median pass s': med,
                  'examples/s': len(inputs) / med, 'real tokens/s': real_tokens / med,
-                 'vs peft best': median(times[best_peft]) / med if best_peft else float('nan'),
+                 'vs peft best': (ratio_stats(times[best_peft], times[c])['median']
+                                  if best_peft else float('nan')),
                  'times': times[c]})
   for c in configs:
     for other in configs:
