@@ -25,8 +25,13 @@ per batch:
                  (transformers' group_by_length megabatches), batch order kept
 Every config trains one pass over the same examples per round (AdamW, lr 1e-3); the rounds
 alternate the configs (benchmarks/interleave.py) and the ratios are medians of per-round
-ratios ("vs peft best": against the peft config with the lower median pass time). examples/s and real (non-pad, non-prompt) tokens/s are over that pass; padding share
-is the share of encoder + decoder positions that hold neither a token nor a prompt vector.
+ratios ("vs peft best": against the peft config with the lower median pass time).
+examples/s and real (non-pad, non-prompt) tokens/s are over that pass; padding share is the
+share of encoder + decoder positions that hold neither a token nor a prompt vector.
+
+On XLA every packed row attends over its whole length (segment masks keep the result
+exact, not the work smaller): packed rows save the padding's dense work but pay attention
+over longer rows, and each segment's prompt copy is work too.
 """
 
 from __future__ import annotations
