@@ -136,7 +136,8 @@ def header(peak_gflops: float, load_start: Sequence[float], matmul_n: int = 2048
   return (f'machine : {cpu_name()}, {cores()} cores visible, {platform.system()} '
           f'{platform.release()}, python {platform.python_version()}\n'
           f'load avg: {" ".join(f"{x:.2f}" for x in load_start)} (1/5/15 min) at start\n'
-          f'matmul  : {dtype} {matmul_n}^3 jnp.dot, median of 5: {peak_gflops:.1f} GFLOP/s (this run)')
+          f'matmul  : {dtype} {matmul_n}^3 jnp.dot, median of 5: {peak_gflops:.1f} GFLOP/s '
+          f'(this run)')
 
 
 def footer(load_start: Sequence[float], load_end: Sequence[float]) -> str:

@@ -348,7 +348,8 @@ def worker_command(args, mode: str, name: str) -> list:
          '--steps', str(args.steps), '--warmup', str(args.warmup), '--batch', str(args.batch),
          '--input-len', str(args.input_len), '--target-len', str(args.target_len),
          '--prompt-len', str(args.prompt_len), '--device', args.device, '--dtype', args.dtype,
-         '--matmul-n', str(args.matmul_n), '--remat', args.remat] + (['--quick'] if args.quick else [])
+         '--matmul-n', str(args.matmul_n), '--remat', args.remat]
+  cmd += ['--quick'] if args.quick else []
   return cmd + (['--scan-layers'] if args.scan_layers else [])
 
 

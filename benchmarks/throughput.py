@@ -316,7 +316,8 @@ def measure(task: str, backbone_name: str, args, tmp: str, log) -> Tuple[List[Di
                                       plan[c]['batches'], args.device, args.dtype)
     t = time.perf_counter()
     warms[c]()
-    log(f'  first step {time.perf_counter() - t:.1f} s' + (' (compile included)' if c.startswith('jaxpt') else ''))
+    log(f'  first step {time.perf_counter() - t:.1f} s'
+        + (' (compile included)' if c.startswith('jaxpt') else ''))
   times = interleave(runs, rounds=args.rounds, repeats=1, warmup=args.warmup, log=log)
   real_tokens = int(sum(len(x) + len(y) for x, y in zip(inputs, targets)))
   peft_cols = [c for c in configs if c.startswith('peft')]
