@@ -158,3 +158,18 @@ def test_pretrain_run_writes_the_tuned_backbone(data_dir, tmp_path, capsys):
   assert 'step 2/2' in out
   tuned = jaxpt.load_model(str(model_dir / 'model'))
   assert tuned.config.vocab_size == 8192 and tuned.config.num_encoder_layers == 1
+
+
+@pytest.mark.slow
+def test_train_packs_a_seqio_task(tmp_path, capsys):
+  """PACK (runs/train.gin's default) packs a task's training split; PACK=False does not."""
+  args = [*TINY, '--gin_file=methods/prompt_tuning.gin', '--gin_file=runs/train.gin',
+          '--gin_file=local_tiny.gin', "--gin.MIXTURE_OR_TASK_NAME='synthetic_two_class'",
+          '--gin.TRAIN_STEPS=2', '--gin.jaxpt.train.eval_split=None']
+  code, out, err = _run(capsys, 'train', *args, f"--gin.MODEL_DIR='{tmp_path / 'packed'}'")
+  assert code == 0, err
+  assert 'data: packed' in out and 'step 2/2' in out
+  code, out, err = _run(capsys, 'train', *args, f"--gin.MODEL_DIR='{tmp_path / 'padded'}'",
+                        '--gin.PACK=False')
+  assert code == 0, err
+  assert 'data: packed' not in out and 'step 2/2' in out

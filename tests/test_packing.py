@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from jaxpt.data.features import pad_rows, shift_right
-from jaxpt.data.packing import (PackedBatches, first_fit, fit_examples, pack_examples, packed_batches,
-                                padding_share, prompt_markers)
+from jaxpt.data.packing import (PackedBatches, first_fit, fit_examples, pack_examples,
+                                packed_batches, packed_targets_length, padding_share,
+                                prompt_markers)
 from jaxpt.methods import (Backbone, ModelTuning, MultitaskPromptTuning, PrefixTuning,
                            PromptTuning, PTuning, Template, deep_prompt_tuning)
 from jaxpt.models.t5 import prompt_marker
@@ -69,6 +70,12 @@ def test_pack_segments_positions_and_shift():
   assert (f['encoder_input_tokens'][f['encoder_segment_ids'] == 0] == 0).all()
   assert (f['encoder_task_ids'][f['encoder_segment_ids'] == 0] == 0).all()
   assert f['decoder_segment_ids'].max() == seen.max()
+
+
+def test_packed_targets_length_scales_with_the_examples_a_row_holds():
+  inputs = [np.ones(n, np.int32) for n in (80, 90)]  # mean 85: 512 / (100 + 85) -> 3 a row
+  assert packed_targets_length(inputs, 8, 512, prompt_length=100) == 24
+  assert packed_targets_length(inputs, 8, 150, prompt_length=100) == 8
 
 
 def test_first_fit_fills_earlier_rows():
@@ -232,3 +239,31 @@ def test_mixed_tasks_need_task_ids(backbone):
   packed = pack_examples(inputs, targets, inputs_length=24, targets_length=8, prompt_length=2)
   with pytest.raises(ValueError, match='encoder_task_ids'):
     prompted_model(CONFIG, method).loss(params, packed)
+
+
+@pytest.mark.slow
+def test_mpt_distillation_packed_equals_unpacked(backbone):
+  """MPT's step (b): task loss + KL + hidden MSE (prompt slots left out) alike packed."""
+  from jaxpt.methods.multitask import stack_teachers
+  from jaxpt.train.distill import Distillation, distillation_loss
+
+  student_method = MultitaskPromptTuning(length=3, initializer='uniform', num_tasks=2, rank=1)
+  embedding = backbone['token_embedder']['embedding']
+  student = _perturbed(student_method.init(jax.random.key(1), Backbone(CONFIG, embedding)), 2)
+  teachers = jax.random.normal(jax.random.key(3), (2, 3, CONFIG.emb_dim))
+  teacher_method, teacher = stack_teachers(list(np.asarray(teachers)))
+  params = {'backbone': backbone, 'method': student, 'teacher': teacher}
+  model = prompted_model(CONFIG, student_method)
+  distillation = Distillation(teacher_method, kl_weight=0.5, hidden_weight=2.0)
+  inputs, targets = _examples()
+  task_ids = np.asarray([1, 0, 0, 1, 1, 0])
+  tgt = pad_rows(targets)
+  unpacked = {'encoder_input_tokens': pad_rows(inputs), 'decoder_target_tokens': tgt,
+              'decoder_input_tokens': shift_right(tgt), 'task_ids': task_ids}
+  packed = pack_examples(inputs, targets, inputs_length=24, targets_length=8, prompt_length=3,
+                         task_ids=task_ids)
+  loss = jax.jit(lambda p, b: distillation_loss(model, distillation, p, b)[1])
+  a, b = loss(params, unpacked), loss(params, packed)
+  for key in ('loss', 'task_loss', 'kl', 'hidden_mse'):
+    assert float(a[key]) > 0
+    np.testing.assert_allclose(float(b[key]), float(a[key]), rtol=1e-5, atol=1e-6)

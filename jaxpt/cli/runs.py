@@ -165,7 +165,8 @@ def _check_placement(method: Any) -> None:
         f'inputs in Python with jaxpt.methods.Template')
 
 
-def _packing(pack: bool, method: Any, user_file: bool) -> bool:
+def _packing(pack: bool, method: Any, task_name: Optional[str],
+             data_shards: Optional[int]) -> bool:
   """Whether this run trains on packed rows: PACK, where packing is exact and supported."""
   if not pack:
     return False
@@ -173,10 +174,18 @@ def _packing(pack: bool, method: Any, user_file: bool) -> bool:
     print(f'data: training unpacked: {method.name} with peft-style prefixes (prefix keys at '
           f'positions before the row) is not exact on packed rows', flush=True)
     return False
-  if not user_file:
-    print('data: training unpacked: PACK packs TRAIN_FILE runs; SeqIO tasks are not packed '
-          'yet', flush=True)
-    return False
+  if task_name:
+    import seqio
+
+    import tasks
+    why = None
+    if not isinstance(tasks.get_task(task_name), seqio.Task):
+      why = 'a mixture streams its tasks; packing reads one task\'s split'
+    elif jax.process_count() > 1 or (data_shards or 1) > 1:
+      why = 'packing reads the whole split on one process, in one data shard'
+    if why:
+      print(f'data: training unpacked ({why})', flush=True)
+      return False
   return True
 
 
@@ -227,8 +236,8 @@ class _RunData(NamedTuple):
 def _task_data(task_name: str, eval_split: Optional[str],
                feature_lengths: Mapping[str, int], prompt_length: int, batch_size: int,
                seed: int, eval_examples: Optional[int],
-               data_shards: Optional[int] = None) -> _RunData:
-  from jaxpt.data.seqio_batches import TrainBatches, eval_examples as read_eval
+               data_shards: Optional[int] = None, pack: bool = False) -> _RunData:
+  from jaxpt.data.seqio_batches import TrainBatches, eval_examples as read_eval, task_examples
 
   task, lengths = _task_setup(task_name, feature_lengths, prompt_length)
   vocab = task.output_features['targets'].vocabulary
@@ -238,14 +247,37 @@ def _task_data(task_name: str, eval_split: Optional[str],
     _report_truncation(f'{task_name} {eval_split}', examples['input_texts'], vocab,
                        lengths['inputs'])
     evaluate = lambda model, params: score_split(model, params, task_name, examples)['metrics']
-  batches = TrainBatches(task_name, lengths, batch_size, seed=seed, num_shards=data_shards)
-  if jax.process_count() > 1:
-    print(f'data: process {jax.process_index()} of {jax.process_count()} reads data shards '
-          f'{list(batches.shards)} of {batches.num_shards}: {batch_size // jax.process_count()} '
-          f'of the {batch_size} rows of each batch', flush=True)
+  if pack:
+    batches = _packed(*task_examples(task_name, lengths), batch_size, feature_lengths,
+                      lengths, prompt_length, seed)
+  else:
+    batches = TrainBatches(task_name, lengths, batch_size, seed=seed, num_shards=data_shards)
+    if jax.process_count() > 1:
+      print(f'data: process {jax.process_index()} of {jax.process_count()} reads data shards '
+            f'{list(batches.shards)} of {batches.num_shards}: '
+            f'{batch_size // jax.process_count()} of the {batch_size} rows of each batch',
+            flush=True)
   return _RunData(batches,
                   lambda text: list(vocab.encode(text)), getattr(vocab, 'vocab_size', None),
                   evaluate)
+
+
+def _packed(inputs: Sequence[np.ndarray], targets: Sequence[np.ndarray], batch_size: int,
+            feature_lengths: Mapping[str, int], lengths: Mapping[str, int], prompt_length: int,
+            seed: int) -> Any:
+  """`PackedBatches` of rows `feature_lengths['inputs']` long (the prompt included), the
+  decoder side `packed_targets_length` long, and a line on them."""
+  from jaxpt.data.packing import PackedBatches, packed_targets_length, padding_share
+  inputs_length = feature_lengths['inputs']
+  targets_length = packed_targets_length(inputs, lengths['targets'], inputs_length,
+                                         prompt_length)
+  batches = PackedBatches(inputs, targets, batch_size, inputs_length=inputs_length,
+                          targets_length=targets_length, prompt_length=prompt_length, seed=seed)
+  share = padding_share(batches.features)
+  print(f'data: packed {batches.num_examples:,} examples into {batches.num_rows:,} rows of '
+        f'{inputs_length} + {targets_length} positions ({batches.batches_per_epoch:,} batches '
+        f'an epoch, {100 * share["encoder"]:.1f}% of encoder positions padding)', flush=True)
+  return batches
 
 
 def _file_data(train_file: str, validation_file: Optional[str], vocab: Any,
@@ -254,7 +286,6 @@ def _file_data(train_file: str, validation_file: Optional[str], vocab: Any,
                target_field: str, labels: Optional[Sequence[str]],
                eval_examples: Optional[int], pack: bool = False) -> _RunData:
   import tasks
-  from jaxpt.data.packing import PackedBatches, padding_share
   from jaxpt.data.text_classification import ClassificationBatches, encode_inputs, label_table
   from jaxpt.data.user_files import label_list, read_examples
 
@@ -286,14 +317,8 @@ def _file_data(train_file: str, validation_file: Optional[str], vocab: Any,
   if not pack:
     batches = ClassificationBatches(inputs, rows, table, batch_size, seed)
   else:
-    batches = PackedBatches([x[x != 0] for x in inputs], [table[r][table[r] != 0] for r in rows],
-                            batch_size, inputs_length=feature_lengths['inputs'],
-                            targets_length=lengths['targets'], prompt_length=prompt_length,
-                            seed=seed)
-    share = padding_share(batches.features)
-    print(f'data: packed {batches.num_examples:,} examples into {batches.num_rows:,} rows '
-          f'({batches.batches_per_epoch:,} batches an epoch, '
-          f'{100 * share["encoder"]:.1f}% of encoder positions padding)', flush=True)
+    batches = _packed([x[x != 0] for x in inputs], [table[r][table[r] != 0] for r in rows],
+                      batch_size, feature_lengths, lengths, prompt_length, seed)
   return _RunData(batches, vocab.encode, vocab.vocab_size, evaluate)
 
 
@@ -395,9 +420,10 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: Optional[str] 
   each reads only its `batch_size / processes` rows, from its own SeqIO shards
   (`data_shards` of them in all, default one per process; fix it to get the same
   batches, and losses, on any number of processes). `pack` (PACK) packs several
-  training examples into each row of a TRAIN_FILE run, each with its own prompt
+  training examples into each row, each with its own prompt
   (`jaxpt.data.packing`); it is exact for every method but peft-style prefixes,
-  which train unpacked. SeqIO tasks train unpacked for now.
+  which train unpacked. A SeqIO task is read whole (its training split) and packed
+  on one process; mixtures and multi-shard runs train unpacked.
   """
   from jaxpt.train.loop import train as train_loop
 
@@ -420,7 +446,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: Optional[str] 
     model = _backbone(initial_checkpoint_path, model_config, seed, partitioning,
                       frozen_dtype if frozen_all else None)
     prompted = prompted_model(model.config, method, label_smoothing=label_smoothing, z_loss=z_loss)
-    pack = _packing(pack, method, bool(train_file))
+    pack = _packing(pack, method, mixture_or_task_name, data_shards)
     if train_file:
       data = _file_data(train_file, validation_file if eval_split else None,
                         backbone_vocabulary(initial_checkpoint_path), task_feature_lengths,
@@ -429,7 +455,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: Optional[str] 
                         eval_examples=eval_examples, pack=pack)
     else:
       data = _task_data(mixture_or_task_name, eval_split, task_feature_lengths,
-                        method.prompt_length, batch_size, seed, eval_examples, data_shards)
+                        method.prompt_length, batch_size, seed, eval_examples, data_shards,
+                        pack=pack)
     _check_vocabulary(data.vocab_size, model.config.vocab_size, initial_checkpoint_path)
     if (labels and isinstance(method, PromptInit) and method.initializer == 'class_labels'
         and not method.class_labels):  # the paper's class-label init reads the run's labels

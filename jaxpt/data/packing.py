@@ -66,6 +66,20 @@ def fit_examples(inputs: Sequence[np.ndarray], targets: Sequence[np.ndarray], *,
   return fitted_in, fitted_out, cut
 
 
+def packed_targets_length(inputs: Sequence[np.ndarray], targets_length: int,
+                          inputs_length: int, prompt_length: int = 0) -> int:
+  """A decoder row length for packing: `targets_length` per example a row holds on average.
+
+  A row of `inputs_length` encoder positions holds about inputs_length /
+  (prompt_length + mean input length) examples; with the unpacked targets
+  length the decoder side would stop the packing at one or two (RTE with
+  T5X's 512 + 8: no packing at all).
+  """
+  mean = float(np.mean([len(x) for x in inputs])) if len(inputs) else 1.0
+  per_row = max(1, int(np.ceil(inputs_length / (prompt_length + max(mean, 1.0)))))
+  return targets_length * per_row
+
+
 def first_fit(encoder_sizes: np.ndarray, decoder_sizes: np.ndarray, inputs_length: int,
               targets_length: int) -> np.ndarray:
   """Row index of each example, greedy first fit in order (both sides must fit)."""

@@ -7,7 +7,7 @@ exactly the batch it would have seen. Each host reads only its shard.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, Mapping, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import jax
 import numpy as np
@@ -96,6 +96,26 @@ class TrainBatches:
     keys = [k for k in parts[0] if k in ('encoder_input_tokens', 'decoder_input_tokens',
                                          'decoder_target_tokens', 'decoder_loss_weights')]
     return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in keys}
+
+
+def task_examples(task_name: str, feature_lengths: Mapping[str, int], split: str = 'train'
+                  ) -> Tuple[List[np.ndarray], List[np.ndarray]]:
+  """(inputs, targets): every example of a task's split in order, tokenized and cut as
+  SeqIO cuts them (EOS kept), unpadded: what `jaxpt.data.packing` packs."""
+  import seqio
+
+  import tasks
+  task = tasks.get_task(task_name)
+  if not isinstance(task, seqio.Task):
+    raise ValueError(f'{task_name!r} is a mixture; packing reads one task\'s split')
+  ds = task.get_dataset(dict(feature_lengths), split=split, shuffle=False, num_epochs=1)
+  inputs, targets = [], []
+  for ex in ds.as_numpy_iterator():
+    inputs.append(np.asarray(ex['inputs'], np.int32))
+    targets.append(np.asarray(ex['targets'], np.int32))
+  if not inputs:
+    raise ValueError(f'task {task_name!r} split {split!r} has no examples')
+  return inputs, targets
 
 
 def eval_examples(task_name: str, feature_lengths: Mapping[str, int], split: str,

@@ -114,7 +114,8 @@ class PromptedModel(abc.ABC):
     """(logits, hidden [batch, P + length, d], valid [batch, P + length]).
 
     `hidden` is the representation of the input (the encoder's output); its
-    first `method.prompt_length` positions are the prompt's.
+    first `method.prompt_length` positions are the prompt's (in packed rows,
+    the marker slots at each segment's start).
     """
 
   @abc.abstractmethod
@@ -169,11 +170,10 @@ class EncoderDecoderModel(PromptedModel):
 
   def logits(self, params, batch, *, deterministic=True, rng=None):
     soft, segments = self._inputs(params, batch)
-    extra = {} if segments is None else {'segments': segments}
     return self.network.apply({'params': params['backbone']}, batch['encoder_input_tokens'],
                               batch['decoder_input_tokens'], prompt=soft.prompt,
                               prefixes=soft.prefixes, deterministic=deterministic,
-                              rngs=self._rngs(deterministic, rng), **extra)
+                              rngs=self._rngs(deterministic, rng), segments=segments)
 
   def logits_and_hidden(self, params, batch, *, deterministic=True, rng=None):
     soft, segments = self._inputs(params, batch)

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxpt.prompted.base import PromptedModel, loss_weights
+from jaxpt.prompted.base import PromptedModel, is_packed, loss_weights
 from jaxpt.train.step import TrainState, make_step
 
 Array = jax.Array
@@ -104,7 +104,13 @@ def distillation_loss(student: PromptedModel, distillation: Distillation,
   task_loss, metrics = student.loss_of_logits(logits, batch)
   kl = kl_divergence(logits, t_logits, loss_weights(batch), distillation.temperature)
   student_p, teacher_p = student.method.prompt_length, distillation.teacher.prompt_length
-  mse = hidden_mse(encoded[:, student_p:], t_encoded[:, teacher_p:], valid[:, student_p:])
+  if is_packed(batch):  # prompts sit inside packed rows, in the packer's marker slots
+    if student_p != teacher_p:
+      raise ValueError(f'packed rows hold one prompt length per segment: the student\'s '
+                       f'{student_p} and the teachers\' {teacher_p} differ; train unpacked')
+    mse = hidden_mse(encoded, t_encoded, batch['encoder_input_tokens'] > 0)
+  else:
+    mse = hidden_mse(encoded[:, student_p:], t_encoded[:, teacher_p:], valid[:, student_p:])
   loss = task_loss + distillation.kl_weight * kl + distillation.hidden_weight * mse
   return loss, dict(metrics, loss=loss, task_loss=task_loss, kl=kl, hidden_mse=mse)
 
