@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Where a prompt-tuning step spends its time: jaxpt's compiled step vs peft's eager step.
 
-    python benchmarks/step_profile.py                    # T5 1.1 small shapes, as prompt_tuning_step.py
+    python benchmarks/step_profile.py           # T5 1.1 small shapes, as prompt_tuning_step.py
     python benchmarks/step_profile.py --quick            # tiny T5 (seconds)
     python benchmarks/step_profile.py --framework jaxpt --variant f32_softmax_bias
 

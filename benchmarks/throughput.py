@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Prompt-tuning throughput on real data: jaxpt packed / padded vs peft, one token budget.
 
-    python benchmarks/throughput.py                      # RTE and SST-2, mini backbone and T5 1.1 small shapes
-    python benchmarks/throughput.py --quick              # CI smoke run: RTE, mini backbone, < 2 min
+    python benchmarks/throughput.py              # RTE and SST-2, mini and T5 1.1 small shapes
+    python benchmarks/throughput.py --quick      # CI smoke run: RTE, mini backbone, < 2 min
     python benchmarks/throughput.py --backbones small --tasks rte --examples 512 --rounds 5
     python benchmarks/throughput.py --device gpu --dtype bfloat16
 
@@ -58,7 +58,8 @@ CONFIGS = ('jaxpt_packed', 'jaxpt_padded', 'peft_dynamic', 'peft_grouped')
 LABELS = {'jaxpt_packed': 'jaxpt packed', 'jaxpt_padded': 'jaxpt padded (T5X lengths)',
           'peft_dynamic': 'peft dynamic padding', 'peft_grouped': 'peft length-grouped'}
 TABLE_COLUMNS = ('task', 'backbone', 'config', 'batches', 'examples/batch', 'padding share %',
-                 'median pass s', 'examples/s', 'real tokens/s', 'vs peft best')
+                 'median pass s', 'examples/s', 'real tokens/s', 'XLA GFLOP/pass',
+                 'vs peft best')
 LR, WD = 1e-3, 1e-5
 GROUP_BATCHES = 50  # transformers' group_by_length: megabatches of 50 batches
 
@@ -201,9 +202,10 @@ def backbone(name: str, tmp: str, dtype: str):
   return model, hf_dir, vocab
 
 
-def jaxpt_runner(model, prompt: int, batches: Sequence[Dict[str, np.ndarray]]
+def jaxpt_runner(model, prompt: int, batches: Sequence[Dict[str, np.ndarray]], facts: Dict
                  ) -> Tuple[Callable[[], None], Callable[[], None]]:
-  """(one pass over `batches`, warm-up) of jaxpt's jitted prompt-tuning step."""
+  """(one pass over `batches`, warm-up) of jaxpt's compiled prompt-tuning step; puts XLA's
+  cost analysis of one batch in `facts['gflop_per_batch']`."""
   import jax
   import jax.numpy as jnp
   from jaxpt.methods import PROMPT_ONLY, Backbone, PromptTuning, partition
@@ -222,9 +224,13 @@ def jaxpt_runner(model, prompt: int, batches: Sequence[Dict[str, np.ndarray]]
                  donate_argnums=0)
   device_batches = [{k: jnp.asarray(v, jnp.int32) for k, v in b.items()} for b in batches]
   rng = jax.random.key(1)
+  compiled = step.lower(holder['state'], frozen, device_batches[0], rng).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  facts['gflop_per_batch'] = float(cost.get('flops', float('nan'))) / 1e9 if cost else float('nan')
 
   def one(batch):
-    holder['state'], metrics = step(holder['state'], frozen, batch, rng)
+    holder['state'], metrics = compiled(holder['state'], frozen, batch, rng)
     return metrics
 
   def run():
@@ -304,13 +310,13 @@ def measure(task: str, backbone_name: str, args, tmp: str, log) -> Tuple[List[Di
       log('jaxpt.data.packing is not available: the packed column is left out')
       configs.remove('jaxpt_packed')
   plan = plans(inputs, targets, args.prompt_len, args.budget, configs, args.pack_factor)
-  runs, warms = {}, {}
+  runs, warms, facts = {}, {}, {c: {} for c in configs}
   for c in configs:
     shape = (f', rows of {plan[c]["rows"]} x {plan[c]["length"]} positions'
              if plan[c]['rows'] else '')
     log(f'{task}/{backbone_name}: building {c} ({len(plan[c]["batches"])} batches{shape})')
     if c.startswith('jaxpt'):
-      runs[c], warms[c] = jaxpt_runner(model, args.prompt_len, plan[c]['batches'])
+      runs[c], warms[c] = jaxpt_runner(model, args.prompt_len, plan[c]['batches'], facts[c])
     else:
       runs[c], warms[c] = peft_runner(hf_dir, args.prompt_len, inputs, targets,
                                       plan[c]['batches'], args.device, args.dtype)
@@ -330,6 +336,7 @@ def measure(task: str, backbone_name: str, args, tmp: str, log) -> Tuple[List[Di
                  'batches': n_batches, 'examples/batch': len(inputs) / n_batches,
                  'padding share %': 100 * plan[c]['padding_share'], 'median pass s': med,
                  'examples/s': len(inputs) / med, 'real tokens/s': real_tokens / med,
+                 'XLA GFLOP/pass': facts[c].get('gflop_per_batch', float('nan')) * n_batches,
                  'vs peft best': (ratio_stats(times[best_peft], times[c])['median']
                                   if best_peft else float('nan')),
                  'times': times[c]})
@@ -350,6 +357,8 @@ def print_table(rows: Sequence[Dict]) -> None:
       v = r[col]
       if col == 'config':
         v = LABELS[v]
+      elif isinstance(v, float) and v != v:
+        v = 'n/a'
       elif isinstance(v, float):
         v = f'{v:.2f}' if col in ('vs peft best', 'median pass s', 'examples/batch') else (
             f'{v:.1f}' if col != 'real tokens/s' else f'{v:.0f}')
