@@ -34,7 +34,7 @@ from jaxpt.models.t5 import init_params  # noqa: E402
 from tasks import corpus, features  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from prompt_tuning_step import cpu_name  # noqa: E402
+from interleave import cpu_name  # noqa: E402
 
 SPAN_LENGTHS = {'inputs': 128, 'targets': 32}  # gin/runs/pretrain.gin
 PREFIX_LENGTHS = {'inputs': 96, 'targets': 96}  # gin/runs/lm_adapt.gin

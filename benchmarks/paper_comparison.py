@@ -56,7 +56,8 @@ from jaxpt.prompted.base import prompted_model  # noqa: E402
 from jaxpt.train.loop import train  # noqa: E402
 from jaxpt.train.optim import make_optimizer, schedule  # noqa: E402
 from jaxpt.vocabulary import backbone_vocabulary  # noqa: E402
-from prompt_tuning_step import cpu_name, load_average, versions, worker_matmul  # noqa: E402
+from interleave import cpu_name, load_average, matmul_peak_gflops  # noqa: E402
+from prompt_tuning_step import torch_matmul_peak, versions  # noqa: E402
 
 TEXT_LENGTHS = {'sst2': 48, 'rte': 128}  # encoder text tokens; a prompt comes on top
 TARGET_LENGTH = 4
@@ -255,9 +256,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   args = parser.parse_args(argv)
 
   t0 = time.perf_counter()
-  matmul = {f: round(worker_matmul(argparse.Namespace(matmul_n=1024, device='cpu'), f)['gflops'],
-                     1) for f in ('jax', 'torch')}
-  machine = (f'{cpu_name()}, {os.cpu_count()} cores, load {load_average()}; float32 matmul '
+  matmul = {'jax': round(matmul_peak_gflops(1024), 1),
+            'torch': round(torch_matmul_peak(argparse.Namespace(
+                matmul_n=1024, device='cpu', dtype='float32')), 1)}
+  load = ' '.join(f'{x:.2f}' for x in load_average())
+  machine = (f'{cpu_name()}, {os.cpu_count()} cores, load {load}; float32 matmul '
              f'peak (1024^3) jax {matmul["jax"]} / torch {matmul["torch"]} GFLOP/s; '
              f'{versions()}')
   print(machine, flush=True)
