@@ -5,8 +5,8 @@ configuration once (`repeats` calls, their median is the round's time), starting
 at configuration r mod n, so A B, B A, A B, ... A slow spell of the machine then hits the
 configurations of the same rounds alike, and the per-round ratio cancels it; the median of
 those ratios, with its spread, is the number to quote. `header` prints the CPU model, the
-load average and this run's own f32 matmul peak; a run whose load went above 1.5 is
-labelled NOISY.
+load average and this run's own f32 matmul peak; a run that other work loaded above 1.5
+(before it, or beyond its own threads at its end) is labelled NOISY.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import platform
 import time
-from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 NOISY_LOAD = 1.5
 
@@ -125,9 +125,13 @@ def format_ratio(stats: Mapping[str, float]) -> str:
           f'{stats["max"]:.2f}, IQR {stats["q1"]:.2f}-{stats["q3"]:.2f})')
 
 
-def noisy(loads: Sequence[Sequence[float]]) -> bool:
-  """True when any 1-minute load average taken during the run is above NOISY_LOAD."""
-  return any(load[0] > NOISY_LOAD for load in loads)
+def noisy(load_start: Sequence[float], load_end: Sequence[float],
+          own: Optional[int] = None) -> bool:
+  """True when other work loaded the machine: the 1-minute load above NOISY_LOAD before the
+  run, or above NOISY_LOAD plus the run's own runnable threads (`own`, default one per
+  visible core: the benchmark keeps them busy) at its end."""
+  own = cores() if own is None else own
+  return load_start[0] > NOISY_LOAD or load_end[0] > NOISY_LOAD + own
 
 
 def header(peak_gflops: float, load_start: Sequence[float], matmul_n: int = 2048,
@@ -140,12 +144,14 @@ def header(peak_gflops: float, load_start: Sequence[float], matmul_n: int = 2048
           f'(this run)')
 
 
-def footer(load_start: Sequence[float], load_end: Sequence[float]) -> str:
-  """Load at the end and the run's label: quiet, or NOISY (load > 1.5)."""
+def footer(load_start: Sequence[float], load_end: Sequence[float],
+           own: Optional[int] = None) -> str:
+  """Load at the end (the run's own threads included) and the run's label: quiet, or NOISY
+  (other load > 1.5, see `noisy`)."""
   label = (f'NOISY (load > {NOISY_LOAD}): ratios hold, absolute times do not'
-           if noisy([load_start, load_end]) else f'quiet (load <= {NOISY_LOAD})')
-  return (f'load avg: {" ".join(f"{x:.2f}" for x in load_end)} (1/5/15 min) at end; '
-          f'run: {label}')
+           if noisy(load_start, load_end, own) else f'quiet (other load <= {NOISY_LOAD})')
+  return (f'load avg: {" ".join(f"{x:.2f}" for x in load_end)} (1/5/15 min) at end, this '
+          f'run\'s own threads included; run: {label}')
 
 
 class Served:

@@ -46,9 +46,11 @@ def test_ratio_stats_are_per_round_ratios():
 
 def test_a_run_above_load_one_and_a_half_is_labelled_noisy():
   quiet, busy = (0.2, 0.3, 0.4), (1.6, 0.3, 0.4)
-  assert 'quiet' in interleave.footer(quiet, quiet)
-  assert 'NOISY (load > 1.5)' in interleave.footer(quiet, busy)
-  assert 'NOISY (load > 1.5)' in interleave.footer(busy, quiet)
+  assert 'quiet' in interleave.footer(quiet, quiet, own=2)
+  assert 'NOISY (load > 1.5)' in interleave.footer(busy, quiet, own=2)
+  # At its end the load counts the run's own threads: 2 busy cores are not other work.
+  assert 'quiet' in interleave.footer(quiet, (2.0, 1.0, 0.5), own=2)
+  assert 'NOISY (load > 1.5)' in interleave.footer(quiet, (3.6, 1.0, 0.5), own=2)
   text = interleave.header(123.4, quiet)
   assert 'load avg: 0.20 0.30 0.40' in text and '123.4 GFLOP/s' in text
   assert interleave.cpu_name() in text
