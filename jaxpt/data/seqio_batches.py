@@ -11,7 +11,7 @@ import contextlib
 import glob
 import logging
 import re
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import jax
 import numpy as np
@@ -120,11 +120,12 @@ def task_examples(task_name: str, feature_lengths: Mapping[str, int], split: str
     raise ValueError(f'{task_name!r} is a mixture; packing reads one task\'s split')
   ds = task.get_dataset(dict(feature_lengths), split=split, shuffle=False, num_epochs=1)
   inputs, targets = [], []
-  for ex in ds.as_numpy_iterator():
-    inputs.append(np.asarray(ex['inputs'], np.int32))
-    targets.append(np.asarray(ex['targets'], np.int32))
+  with naming_the_data(task_name, split):
+    for ex in ds.as_numpy_iterator():
+      inputs.append(np.asarray(ex['inputs'], np.int32))
+      targets.append(np.asarray(ex['targets'], np.int32))
   if not inputs:
-    raise ValueError(f'task {task_name!r} split {split!r} has no examples')
+    raise DataError(f'task {task_name!r} split {split!r} has no examples')
   return inputs, targets
 
 
