@@ -32,7 +32,10 @@ BINDINGS = ['NUM_PARTITIONS = 2', 'BATCH_SIZE = 8', "MIXTURE_OR_TASK_NAME = 'syn
             'TRAIN_STEPS = 1', 'jaxpt.train.eval_every = None', 'Z_LOSS = 1e-3',
             'LABEL_SMOOTHING = 0.1', "jaxpt.preset.remat_policy = 'full'",
             'jaxpt.preset.scan_layers = True', 'DEVICE_MEMORY_GIB = 1',
-            "DEVICE_NAME = 'test chip'"]
+            "DEVICE_NAME = 'test chip'",
+            # `jaxpt plan` compiles the unpacked step (T5X's fixed lengths); a packed run
+            # (PACK = True) feeds segment ids and positions too, another program.
+            'PACK = False']
 # The target files: (devices, mesh (data, model), GiB per device, name).
 TARGETS = {'partitioning/xxl_gpu.gin': (1, (1, 1), 80, 'A100/H100 80 GB'),
            'partitioning/xxl_v3_32.gin': (32, (4, 8), 16, 'TPU v3 core'),
