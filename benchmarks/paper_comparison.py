@@ -259,8 +259,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   matmul = {'jax': round(matmul_peak_gflops(1024), 1),
             'torch': round(torch_matmul_peak(argparse.Namespace(
                 matmul_n=1024, device='cpu', dtype='float32')), 1)}
-  load = ' '.join(f'{x:.2f}' for x in load_average())
-  machine = (f'{cpu_name()}, {os.cpu_count()} cores, load {load}; float32 matmul '
+  load_now = ' '.join(f'{x:.2f}' for x in load_average())
+  machine = (f'{cpu_name()}, {os.cpu_count()} cores, load {load_now}; float32 matmul '
              f'peak (1024^3) jax {matmul["jax"]} / torch {matmul["torch"]} GFLOP/s; '
              f'{versions()}')
   print(machine, flush=True)

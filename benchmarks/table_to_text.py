@@ -48,7 +48,7 @@ from jaxpt.prompted.base import prompted_model  # noqa: E402
 from jaxpt.train.loop import train  # noqa: E402
 from jaxpt.train.optim import make_optimizer  # noqa: E402
 from jaxpt.vocabulary import backbone_vocabulary  # noqa: E402
-from prompt_tuning_step import cpu_name, load_average  # noqa: E402
+from interleave import cpu_name, load_average  # noqa: E402
 from tasks import generation_metrics, nlg  # noqa: E402
 
 LENGTHS = {'e2e': (64, 64), 'webnlg': (128, 96)}  # (input, target) tokens
