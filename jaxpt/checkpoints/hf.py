@@ -320,6 +320,32 @@ class _Weights:
 # ------------------------------------------------------------------------ name mapping
 
 
+def check_tensors(weights: '_Weights', wanted: Dict[str, Tuple[str, Tuple[int, ...]]],
+                  also_used: Any, ignored_suffixes: Tuple[str, ...], directory: str,
+                  config_path: str) -> None:
+  """Raises one CheckpointError listing every missing, misshapen or unexpected tensor.
+
+  wanted: jaxpt path -> (HF tensor name, the shape config.json implies for it);
+  also_used: other names that may be present; ignored_suffixes: buffers to skip.
+  """
+  problems: List[str] = []
+  for path, (name, want) in wanted.items():
+    if name not in weights.shapes:
+      problems.append(f'{weights.source}: missing tensor {name} (for {path}); expected shape '
+                      f'{want} from config.json')
+    elif weights.shapes[name] != want:
+      problems.append(f'{weights.files[name]}: tensor {name} has shape {weights.shapes[name]}, '
+                      f'config.json implies {want}')
+  used = {name for name, _ in wanted.values()} | set(also_used)
+  problems += [f'{weights.files[n]}: unexpected tensor {n} with shape {weights.shapes[n]}'
+               for n in sorted(set(weights.shapes) - used) if not n.endswith(ignored_suffixes)]
+  if problems:
+    shown = '\n  '.join(problems[:20])
+    more = f'\n  ... and {len(problems) - 20} more' if len(problems) > 20 else ''
+    raise CheckpointError(f'{directory}: weights do not match {config_path} '
+                          f'({len(problems)} problems):\n  {shown}{more}')
+
+
 def _param_map(config: T5Config, lm_head: str = 'lm_head.weight'
                ) -> Dict[str, Tuple[str, bool]]:
   """jaxpt path -> (HF tensor name, transposed?); `lm_head` feeds logits_dense."""
@@ -442,24 +468,12 @@ def hf_sources(directory: str) -> Tuple[T5Config, Dict[str, Tuple[Tuple[int, ...
 
   from jaxpt.models.backbones import abstract_params
   expected = traverse_util.flatten_dict(abstract_params(config), sep='/')
-  problems: List[str] = []
+  wanted = {}
   for path, (name, transpose) in mapping.items():
     want = tuple(expected[path].shape)
-    want_hf = want[::-1] if transpose else want
-    if name not in weights.shapes:
-      problems.append(f'{weights.source}: missing tensor {name} (for {path}); expected shape '
-                      f'{want_hf} from config.json')
-    elif weights.shapes[name] != want_hf:
-      problems.append(f'{weights.files[name]}: tensor {name} has shape {weights.shapes[name]}, '
-                      f'config.json implies {want_hf}')
-  used = {name for name, _ in mapping.values()} | set(_TIED_EMBEDDINGS) | {'lm_head.weight'}
-  problems += [f'{weights.files[n]}: unexpected tensor {n} with shape {weights.shapes[n]}'
-               for n in sorted(set(weights.shapes) - used) if not n.endswith(_IGNORED_SUFFIX)]
-  if problems:
-    shown = '\n  '.join(problems[:20])
-    more = f'\n  ... and {len(problems) - 20} more' if len(problems) > 20 else ''
-    raise CheckpointError(f'{directory}: weights do not match {config_path} '
-                          f'({len(problems)} problems):\n  {shown}{more}')
+    wanted[path] = (name, want[::-1] if transpose else want)
+  check_tensors(weights, wanted, set(_TIED_EMBEDDINGS) | {'lm_head.weight'}, (_IGNORED_SUFFIX,),
+                directory, config_path)
 
   fold = np.float32(config.emb_dim ** -0.5) if (untied and scaled) else None
   sources = {}

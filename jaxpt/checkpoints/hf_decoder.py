@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable, Dict, List, Tuple, Union
+from typing import Any, Callable, Dict, Tuple, Union
 
 import jax
 import numpy as np
@@ -198,25 +198,11 @@ def decoder_sources(directory: str, hf_config: Dict[str, Any], config_path: str
   prefix = 'transformer.' if 'transformer.wte.weight' in weights.shapes else ''
   mapping = param_map(config, prefix)
   expected = traverse_util.flatten_dict(abstract_params(config), sep='/')
-  problems: List[str] = []
-  for path, (name, kind) in mapping.items():
-    want = _stored_shape(tuple(expected[path].shape), kind)
-    if name not in weights.shapes:
-      problems.append(f'{weights.source}: missing tensor {name} (for {path}); expected shape '
-                      f'{want} from config.json')
-    elif weights.shapes[name] != want:
-      problems.append(f'{weights.files[name]}: tensor {name} has shape {weights.shapes[name]}, '
-                      f'config.json implies {want}')
-  used = {name for name, _ in mapping.values()} | {'lm_head.weight'}
+  wanted = {path: (name, _stored_shape(tuple(expected[path].shape), kind))
+            for path, (name, kind) in mapping.items()}
   # GPT-2's causal-mask buffers (attn.bias, attn.masked_bias) and Llama's rotary inv_freq.
   buffers = ('.attn.bias', '.attn.masked_bias', 'rotary_emb.inv_freq')
-  problems += [f'{weights.files[n]}: unexpected tensor {n} with shape {weights.shapes[n]}'
-               for n in sorted(set(weights.shapes) - used) if not n.endswith(buffers)]
-  if problems:
-    shown = '\n  '.join(problems[:20])
-    more = f'\n  ... and {len(problems) - 20} more' if len(problems) > 20 else ''
-    raise CheckpointError(f'{directory}: weights do not match {config_path} '
-                          f'({len(problems)} problems):\n  {shown}{more}')
+  hf.check_tensors(weights, wanted, {'lm_head.weight'}, buffers, directory, config_path)
   sources = {}
   for path, (name, kind) in mapping.items():
     shape = tuple(expected[path].shape)
