@@ -36,7 +36,8 @@ import numpy as np
 
 from jaxpt.models.attention import NEG_INF
 from jaxpt.models.decoder_config import DecoderConfig
-from jaxpt.models.layers import MLP, Dense, Embed, LayerNorm, RMSNorm, normal
+from jaxpt.models.layers import (MLP, Dense, Embed, LayerNorm, RMSNorm, normal,
+                                 remat_layer)
 
 Array = jax.Array
 # Stacked per-layer keys and values, each [layers, batch (or 1), prefix_len, kv_heads, head_dim].
@@ -179,14 +180,6 @@ class CausalLayer(nn.Module):
     return x, new_cache
 
 
-def _remat(cls, config: DecoderConfig):
-  if config.remat_policy == 'none':
-    return cls
-  policy = (None if config.remat_policy == 'full'
-            else jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims)
-  return nn.remat(cls, policy=policy, prevent_cse=not config.scan_layers)
-
-
 class Decoder(nn.Module):
   """The layer stack (`layers_i`, or one scanned `layers`), final norm and logits."""
 
@@ -199,7 +192,7 @@ class Decoder(nn.Module):
                prefix: Optional[Prefix], cache: Optional[Prefix]
                ) -> Tuple[Array, Array, Optional[Prefix]]:
     cfg = self.config
-    cls = _remat(CausalLayer, cfg)
+    cls = remat_layer(CausalLayer, cfg)
     if cfg.scan_layers:
       in_axes = (nn.broadcast, nn.broadcast, nn.broadcast,
                  nn.broadcast if prefix is None else 0, nn.broadcast if cache is None else 0)

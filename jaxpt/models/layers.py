@@ -7,7 +7,7 @@ Every parameter carries T5X logical axis names through
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, Tuple
+from typing import Any, Callable, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -135,3 +135,13 @@ class MLP(nn.Module):
     hidden = nn.Dropout(cfg.dropout_rate)(hidden, deterministic=self.deterministic)
     return Dense(cfg.emb_dim, ('mlp', 'embed'), normal(cfg.mlp_dim ** -0.5), cfg, self.use_bias,
                  name='wo')(hidden)
+
+
+def remat_layer(cls: Any, config: Any) -> Any:
+  """`cls` under `config.remat_policy` ('none', 'full', or 'minimal': keep the dots without
+  batch dims), for T5 and decoder-only layer stacks alike."""
+  if config.remat_policy == 'none':
+    return cls
+  policy = (None if config.remat_policy == 'full'
+            else jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims)
+  return nn.remat(cls, policy=policy, prevent_cse=not config.scan_layers)

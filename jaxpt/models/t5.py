@@ -25,7 +25,7 @@ import numpy as np
 
 from jaxpt.models.attention import NEG_INF, MultiHeadAttention, Prefix, RelativePositionBias
 from jaxpt.models.config import T5Config
-from jaxpt.models.layers import MLP, Dense, Embed, RMSNorm, normal
+from jaxpt.models.layers import MLP, Dense, Embed, RMSNorm, normal, remat_layer
 
 Array = jax.Array
 # Stacked per-layer prefixes: name -> (keys, values), each
@@ -130,14 +130,6 @@ def position_bias(module: RelativePositionBias, positions: Positions) -> Array:
   return bias
 
 
-def _remat(cls, config: T5Config):
-  if config.remat_policy == 'none':
-    return cls
-  policy = (None if config.remat_policy == 'full'
-            else jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims)
-  return nn.remat(cls, policy=policy, prevent_cse=not config.scan_layers)
-
-
 class EncoderLayer(nn.Module):
   """Self-attention and MLP, each pre-normed with a residual."""
 
@@ -202,7 +194,7 @@ def _run_stack(parent: nn.Module, layer_cls, num_layers: int, carry: Array,
   `scanned_args` hold per-layer values with a leading layer axis (or None).
   """
   cfg = parent.config
-  cls = _remat(layer_cls, cfg)
+  cls = remat_layer(layer_cls, cfg)
   if cfg.scan_layers:
     in_axes = (nn.broadcast,) * len(broadcast_args) + tuple(
         nn.broadcast if a is None else 0 for a in scanned_args)
