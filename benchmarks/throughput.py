@@ -14,8 +14,9 @@ shapes, random weights: speed does not depend on the values). Prompt tuning with
 
 Every configuration gets the same budget of `--budget` padded positions (encoder + prompt)
 per batch:
-  jaxpt packed   rows of `--pack-factor` (2) x the padded length, several examples per row,
-                 each with its own prompt copy (`jaxpt.data.packing.pack_examples`);
+  jaxpt packed   rows of the padded length (as `jaxpt train` packs: rows of the run's
+                 inputs length; `--pack-factor` makes them longer), several examples per
+                 row, each with its own prompt copy (`jaxpt.data.packing.pack_examples`);
                  rows = budget // row length
   jaxpt padded   T5X's fixed feature lengths: every example padded to the longest input of
                  the split (+ P) and the longest target; rows = budget // length
@@ -139,10 +140,9 @@ def packed_features(inputs, targets, rows: int, length: int, target_len: int, pr
 
 
 def plans(inputs, targets, prompt: int, budget: int, configs: Sequence[str],
-          pack_factor: int = 2) -> Dict[str, Dict]:
+          pack_factor: int = 1) -> Dict[str, Dict]:
   """Per config: its batches (features for jaxpt, example indices for peft), rows per batch
-  and padding share. Packed rows are `pack_factor` times the padded length (a row as long as
-  the longest example holds little else once every segment carries its own prompt)."""
+  and padding share. Packed rows are `pack_factor` times the padded length."""
   in_lens = np.asarray([len(x) for x in inputs])
   tgt_lens = np.asarray([len(y) for y in targets])
   used = int(np.sum(in_lens + tgt_lens)) + prompt * len(inputs)
@@ -378,8 +378,8 @@ def main(argv=None) -> Dict[str, Any]:
   p.add_argument('--max-input', type=int, default=412, help='input ids kept per example')
   p.add_argument('--rounds', type=int, default=3)
   p.add_argument('--warmup', type=int, default=1, help='untimed passes before the rounds')
-  p.add_argument('--pack-factor', type=int, default=2,
-                 help='packed rows are this many times the padded length')
+  p.add_argument('--pack-factor', type=int, default=1,
+                 help='packed rows are this many times the padded length (1: as jaxpt train)')
   p.add_argument('--device', choices=('cpu', 'gpu'), default='cpu')
   p.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32')
   p.add_argument('--data-dir', default=os.environ.get(
