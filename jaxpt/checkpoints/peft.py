@@ -26,8 +26,9 @@ config type.
 loads with the same outputs; `import_peft` reads peft's files (and ours) and
 checks their sizes against a jaxpt backbone config, which peft never does.
 Note that in transformers >= 5.24, peft's `generate()` silently drops prefix
-tuning prefixes (its forward is fine); `base.generate(...,
-cache=peft_model.get_prompt(batch * num_beams))` works around it.
+tuning prefixes (its forward is fine); on T5 `base.generate(...,
+cache=peft_model.get_prompt(batch * num_beams))` works around it (causal-LM
+generate bugs: `peft_causal`).
 """
 
 from __future__ import annotations
@@ -287,6 +288,9 @@ def _readme(base: Optional[str], peft_type: str, causal: bool) -> str:
            f'# {peft_type} adapter exported by jaxpt', '',
            f'Load with `peft.PeftModel.from_pretrained({auto}'
            '.from_pretrained(base), this_directory)`.']
+  if peft_type == PREFIX_TYPE and causal:
+    lines += ['', "With transformers 5.24 peft's `generate()` drops the prefix (its forward "
+              'is fine): decode with greedy steps over the forward, or with jaxpt.']
   if peft_type == PREFIX_TYPE and not causal:
     lines += ['', "Prefixes reach decoder self-attention only (peft's T5 semantics). With "
               "transformers >= 5.24 peft's `generate()` drops the prefix; use "
@@ -309,8 +313,9 @@ def export_peft(model: Any, method: Any, method_params: Dict[str, Any], director
   `PTuning` becomes P_TUNING (its merged `[P, d_model]` prompt, the encoder's
   output, as peft saves it); `PrefixTuning(style='peft')` becomes
   PREFIX_TUNING (its merged `[P, 2L*H*Dh]` prefix, token_dim H*Dh, dead slots
-  zeroed; on GPT-2 / Llama H = num_kv_heads, see `peft_causal`). jaxpt's own record (method, backbone config) goes to
-  `jaxpt_peft_export.json`, not into adapter_config.json, where peft would warn.
+  zeroed; on GPT-2 / Llama H = num_kv_heads, see `peft_causal`). jaxpt's own
+  record (method, backbone config) goes to `jaxpt_peft_export.json`, not into
+  adapter_config.json, where peft would warn.
 
   Args:
     model: the backbone (`Model`, or its `T5Config` / `DecoderConfig`).
@@ -414,7 +419,8 @@ def import_peft(directory: str, config: Config) -> Tuple[Any, Dict[str, Any]]:
   and width from the config) with {'prompt': rows[:P]}; PREFIX_TUNING becomes `PrefixTuning(length=P,
   style='peft', reparameterize=False)` with {'decoder_self': {'prefix': ...}}
   (files written with prefix_projection hold the projected prefix; the MLP is
-  not in them).
+  not in them). For a `DecoderConfig` the adapter must be CAUSAL_LM and the
+  prefix is GPT-2 / Llama's (`peft_causal.import_prefix`).
 
   Args:
     directory: holds adapter_config.json and adapter_model.safetensors (or .bin).

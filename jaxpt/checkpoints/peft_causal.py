@@ -16,6 +16,12 @@ for a `DecoderConfig`), as peft 0.21.2 with transformers 5.x runs it:
   `past_key_values` (keys not rotated), so tokens take positions P.. (peft adds
   P to `position_ids` when given them): `PrefixTuning(style='peft')`, whose
   `prefix_position` is 'offset'.
+
+peft bugs (0.21.2 with transformers 5.24): `PeftModel.generate` drops a
+PREFIX_TUNING prefix (it returns the base model's tokens), and with
+PROMPT_TUNING its scores after the first new token differ from peft's own
+forward on the same tokens. jaxpt's `generate` matches greedy steps of peft's
+forward (tests/test_peft_causal.py).
 """
 
 from __future__ import annotations
