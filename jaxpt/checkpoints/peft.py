@@ -18,12 +18,17 @@ beside `adapter_config.json`. For T5 (task_type SEQ_2_SEQ_LM):
   reading layer slot (2i mod L): exactly `PrefixTuning(style='peft')`. The
   reparameterization MLP is never saved (files hold its output).
 
+For GPT-2 and Llama (a `DecoderConfig`, task_type CAUSAL_LM) the layout is
+`jaxpt.checkpoints.peft_causal`'s: the same public functions dispatch on the
+config type.
+
 `export_peft` writes what `peft.PeftModel.from_pretrained(t5, directory)`
 loads with the same outputs; `import_peft` reads peft's files (and ours) and
 checks their sizes against a jaxpt backbone config, which peft never does.
 Note that in transformers >= 5.24, peft's `generate()` silently drops prefix
-tuning prefixes (its forward is fine); `base.generate(...,
-cache=peft_model.get_prompt(batch * num_beams))` works around it.
+tuning prefixes (its forward is fine); on T5 `base.generate(...,
+cache=peft_model.get_prompt(batch * num_beams))` works around it (causal-LM
+generate bugs: `peft_causal`).
 """
 
 from __future__ import annotations
@@ -31,11 +36,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpt.checkpoints import peft_causal
 from jaxpt.checkpoints.errors import CheckpointError
 from jaxpt.checkpoints.prompts import fingerprint, same_backbone
 from jaxpt.methods.multitask import MultitaskPromptTuning
@@ -44,6 +50,7 @@ from jaxpt.methods.prompt import PromptTuning
 from jaxpt.methods.ptuning import PTuning
 from jaxpt.methods.registry import hyperparameters
 from jaxpt.models.config import T5Config
+from jaxpt.models.decoder_config import DecoderConfig
 
 CONFIG_FILE = 'adapter_config.json'
 SAFETENSORS_FILE = 'adapter_model.safetensors'
@@ -68,11 +75,19 @@ def _peft_version() -> str:
     return VERIFIED_PEFT_VERSION
 
 
-def _config_of(model: Any) -> T5Config:
+Config = Union[T5Config, DecoderConfig]
+
+
+def _config_of(model: Any) -> Config:
   config = getattr(model, 'config', model)
-  if not isinstance(config, T5Config):
-    raise TypeError(f'expected a jaxpt Model or T5Config, got {type(model).__name__}')
+  if not isinstance(config, (T5Config, DecoderConfig)):
+    raise TypeError(f'expected a jaxpt Model, T5Config or DecoderConfig, got '
+                    f'{type(model).__name__}')
   return config
+
+
+def _causal(config: Config) -> bool:
+  return isinstance(config, DecoderConfig)
 
 
 def _default_base_path(model: Any) -> Optional[str]:
@@ -83,19 +98,23 @@ def _default_base_path(model: Any) -> Optional[str]:
   return None
 
 
-def _common_config(config: T5Config, length: int, base: Optional[str]) -> Dict[str, Any]:
-  """Keys every peft prompt-learning config writes (values as peft fills them for T5)."""
+def _common_config(config: Config, length: int, base: Optional[str],
+                   peft_type: str) -> Dict[str, Any]:
+  """Keys every peft prompt-learning config writes (values as peft fills them)."""
+  if _causal(config):
+    layout = peft_causal.common_config(config, peft_type)
+  else:
+    layout = {'num_attention_heads': config.num_heads,
+              'num_layers': config.num_encoder_layers, 'task_type': TASK_TYPE}
   return {
       'auto_mapping': None,
       'base_model_name_or_path': base,
       'inference_mode': True,
       'modules_to_save': None,
-      'num_attention_heads': config.num_heads,
-      'num_layers': config.num_encoder_layers,
       'num_virtual_tokens': int(length),
       'peft_version': _peft_version(),
       'revision': None,
-      'task_type': TASK_TYPE,
+      **layout,
   }
 
 
@@ -203,8 +222,32 @@ def _used_slots(config: T5Config) -> list:
   return sorted({(2 * i) % layers for i in range(config.num_decoder_layers)})
 
 
-def _export_prefix(config: T5Config, method: PrefixTuning,
+def _merged_prefix(method: PrefixTuning, params: Dict[str, Any]) -> np.ndarray:
+  """The one [P, F] decoder self-attention prefix of a peft-style method."""
+  merged = method.merge(params)
+  if set(merged) != {'decoder_self'}:
+    raise ValueError(f"peft-style prefix params should hold only 'decoder_self', got "
+                     f'{sorted(merged)}')
+  flat = np.asarray(merged['decoder_self']['prefix'], np.float32)
+  if method.num_prompts > 1 or flat.ndim == 3:
+    raise ValueError(
+        f'this prefix keeps {flat.shape[0] if flat.ndim == 3 else method.num_prompts} prefixes '
+        f'side by side; a peft adapter holds one. Export one task at a time: merge the params, '
+        f"take ['decoder_self']['prefix'][task_id] and export it with PrefixTuning("
+        f"length={method.length}, style='peft', reparameterize=False)")
+  return flat
+
+
+def _export_prefix(config: Config, method: PrefixTuning,
                    params: Dict[str, Any]) -> Tuple[np.ndarray, Dict[str, Any]]:
+  if _causal(config):
+    if method.style != 'peft':
+      raise ValueError(
+          f"a style={method.style!r} prefix cannot be written as a peft adapter: its tokens "
+          f'take positions from 0, and peft (whose prefix is past_key_values) numbers them '
+          f"from the prefix length, so peft would run a different model. Train PrefixTuning("
+          f"style='peft') to export to peft, or keep this prefix as a jaxpt checkpoint")
+    return peft_causal.export_prefix(config, _merged_prefix(method, params), method.length)
   if method.style != 'peft':
     raise ValueError(
         f"a style={method.style!r} prefix cannot be written as a peft adapter: it has encoder "
@@ -217,17 +260,7 @@ def _export_prefix(config: T5Config, method: PrefixTuning,
         f'peft cannot run prefixes on a T5 with more decoder than encoder layers '
         f'({config.num_encoder_layers}+{config.num_decoder_layers}): its prefix tensor has '
         f'encoder-depth layer slots and fails with an IndexError')
-  merged = method.merge(params)
-  if set(merged) != {'decoder_self'}:
-    raise ValueError(f"peft-style prefix params should hold only 'decoder_self', got "
-                     f'{sorted(merged)}')
-  flat = np.asarray(merged['decoder_self']['prefix'], np.float32)
-  if method.num_prompts > 1 or flat.ndim == 3:
-    raise ValueError(
-        f'this prefix keeps {flat.shape[0] if flat.ndim == 3 else method.num_prompts} prefixes '
-        f'side by side; a peft adapter holds one. Export one task at a time: merge the params, '
-        f"take ['decoder_self']['prefix'][task_id] and export it with PrefixTuning("
-        f"length={method.length}, style='peft', reparameterize=False)")
+  flat = _merged_prefix(method, params)
   token_dim = config.num_heads * config.head_dim
   layers = config.num_encoder_layers
   if flat.shape != (method.length, 2 * layers * token_dim):
@@ -248,13 +281,17 @@ def _export_prefix(config: T5Config, method: PrefixTuning,
   return slots.reshape(flat.shape), peft_config
 
 
-def _readme(base: Optional[str], peft_type: str) -> str:
+def _readme(base: Optional[str], peft_type: str, causal: bool) -> str:
+  auto = 'AutoModelForCausalLM' if causal else 'T5ForConditionalGeneration'
   lines = ['---', f'base_model: {base or "null"}', 'library_name: peft', 'tags:',
            f'- base_model:adapter:{base}' if base else '- jaxpt', '- jaxpt', '---', '',
            f'# {peft_type} adapter exported by jaxpt', '',
-           'Load with `peft.PeftModel.from_pretrained(T5ForConditionalGeneration'
+           f'Load with `peft.PeftModel.from_pretrained({auto}'
            '.from_pretrained(base), this_directory)`.']
-  if peft_type == PREFIX_TYPE:
+  if peft_type == PREFIX_TYPE and causal:
+    lines += ['', "With transformers 5.24 peft's `generate()` drops the prefix (its forward "
+              'is fine): decode with greedy steps over the forward, or with jaxpt.']
+  if peft_type == PREFIX_TYPE and not causal:
     lines += ['', "Prefixes reach decoder self-attention only (peft's T5 semantics). With "
               "transformers >= 5.24 peft's `generate()` drops the prefix; use "
               '`base.generate(..., cache=peft_model.get_prompt(batch_size * num_beams))`.']
@@ -276,15 +313,17 @@ def export_peft(model: Any, method: Any, method_params: Dict[str, Any], director
   `PTuning` becomes P_TUNING (its merged `[P, d_model]` prompt, the encoder's
   output, as peft saves it); `PrefixTuning(style='peft')` becomes
   PREFIX_TUNING (its merged `[P, 2L*H*Dh]` prefix, token_dim H*Dh, dead slots
-  zeroed). jaxpt's own record (method, backbone config) goes to
-  `jaxpt_peft_export.json`, not into adapter_config.json, where peft would warn.
+  zeroed; on GPT-2 / Llama H = num_kv_heads, see `peft_causal`). jaxpt's own
+  record (method, backbone config) goes to `jaxpt_peft_export.json`, not into
+  adapter_config.json, where peft would warn.
 
   Args:
-    model: the backbone (`Model`, or its `T5Config`).
+    model: the backbone (`Model`, or its `T5Config` / `DecoderConfig`).
     method: a `PromptTuning`, `PTuning` or `PrefixTuning` instance.
     method_params: its params (reparameterized prefixes are merged here).
     directory: created if needed; existing adapter files are overwritten.
-    base_model_name_or_path: recorded for `AutoPeftModelForSeq2SeqLM`;
+    base_model_name_or_path: recorded for `AutoPeftModelForSeq2SeqLM` (or
+      `...ForCausalLM`);
       defaults to `model.source` when that is an HF directory.
 
   Returns:
@@ -312,7 +351,8 @@ def export_peft(model: Any, method: Any, method_params: Dict[str, Any], director
                      f'prompt-learning adapters hold a PromptTuning prompt, a PTuning '
                      f"prompt or a PrefixTuning(style='peft') prefix")
   base = base_model_name_or_path or _default_base_path(model)
-  peft_config = dict(_common_config(config, method.length, base), **specific)
+  peft_config = dict(_common_config(config, method.length, base, specific['peft_type']),
+                     **specific)
   directory = os.fspath(directory)
   os.makedirs(directory, exist_ok=True)
   save_file({TENSOR_KEY: np.ascontiguousarray(tensor, np.float32)},
@@ -331,7 +371,7 @@ def export_peft(model: Any, method: Any, method_params: Dict[str, Any], director
   with open(os.path.join(directory, PROVENANCE_FILE), 'w') as f:
     json.dump(provenance, f, indent=2, sort_keys=True)
   with open(os.path.join(directory, 'README.md'), 'w') as f:
-    f.write(_readme(base, peft_config['peft_type']))
+    f.write(_readme(base, peft_config['peft_type'], _causal(config)))
   return directory
 
 
@@ -371,7 +411,7 @@ def _check(path: str, what: str, expected: Any, found: Any) -> None:
                      f'found {found}')
 
 
-def import_peft(directory: str, config: T5Config) -> Tuple[Any, Dict[str, Any]]:
+def import_peft(directory: str, config: Config) -> Tuple[Any, Dict[str, Any]]:
   """Reads a peft prompt-learning adapter as a jaxpt (method, method_params).
 
   PROMPT_TUNING becomes `PromptTuning(length=P, initializer='array')` with
@@ -379,11 +419,13 @@ def import_peft(directory: str, config: T5Config) -> Tuple[Any, Dict[str, Any]]:
   and width from the config) with {'prompt': rows[:P]}; PREFIX_TUNING becomes `PrefixTuning(length=P,
   style='peft', reparameterize=False)` with {'decoder_self': {'prefix': ...}}
   (files written with prefix_projection hold the projected prefix; the MLP is
-  not in them).
+  not in them). For a `DecoderConfig` the adapter must be CAUSAL_LM and the
+  prefix is GPT-2 / Llama's (`peft_causal.import_prefix`).
 
   Args:
     directory: holds adapter_config.json and adapter_model.safetensors (or .bin).
-    config: the backbone's T5Config; the adapter's sizes are checked against it.
+    config: the backbone's T5Config or DecoderConfig (task_type SEQ_2_SEQ_LM or
+      CAUSAL_LM); the adapter's sizes are checked against it.
 
   Raises:
     FileNotFoundError: no adapter files.
@@ -409,9 +451,11 @@ def import_peft(directory: str, config: T5Config) -> Tuple[Any, Dict[str, Any]]:
     raise ValueError(f'{config_path}: peft_type {peft_type!r} is not supported; jaxpt imports '
                      f'{", ".join(PROMPT_TYPES + (PREFIX_TYPE,))}')
   task_type = peft_config.get('task_type')
-  if task_type not in (TASK_TYPE, None):
-    raise ValueError(f'{config_path}: task_type {task_type!r} is not a T5 adapter; expected '
-                     f'{TASK_TYPE!r}')
+  expected = peft_causal.TASK_TYPE if _causal(config) else TASK_TYPE
+  if task_type not in (expected, None):
+    raise ValueError(f'{config_path}: task_type {task_type!r} is not a '
+                     f'{"causal LM" if _causal(config) else "T5"} adapter; expected '
+                     f'{expected!r}')
   length = peft_config.get('num_virtual_tokens')
   if not isinstance(length, int) or length <= 0:
     raise ValueError(f'{config_path}: num_virtual_tokens must be a positive integer, got '
@@ -424,7 +468,8 @@ def import_peft(directory: str, config: T5Config) -> Tuple[Any, Dict[str, Any]]:
     _check(config_path, 'token_dim (d_model)', config.emb_dim,
            peft_config.get('token_dim') or config.emb_dim)
     _check(tensor_path, f'{TENSOR_KEY} width (d_model)', config.emb_dim, rows.shape[1])
-    submodules = peft_config.get('num_transformer_submodules') or 2
+    default = 1 if _causal(config) else 2
+    submodules = peft_config.get('num_transformer_submodules') or default
     _check(tensor_path, f'{TENSOR_KEY} rows (num_virtual_tokens * num_transformer_submodules)',
            length * submodules, rows.shape[0])
     prompt = rows[:length]
@@ -440,6 +485,8 @@ def import_peft(directory: str, config: T5Config) -> Tuple[Any, Dict[str, Any]]:
     method = PromptTuning(length=length, initializer='array', array=prompt)
     return method, {'prompt': jnp.asarray(prompt)}
 
+  if _causal(config):
+    return peft_causal.import_prefix(config_path, tensor_path, peft_config, rows, config)
   token_dim = config.num_heads * config.head_dim
   _check(config_path, 'token_dim (num_heads * d_kv)', token_dim,
          peft_config.get('token_dim') or config.emb_dim)

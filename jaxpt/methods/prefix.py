@@ -7,10 +7,11 @@ with its own reparameterization: a [P, d] embedding through Linear -> tanh -> Li
 Prefix keys carry no relative position (bias 0).
 
 `style='peft'` is Hugging Face peft's variant, kept for interop: one [P, 2L*H*Dh]
-tensor with L = encoder depth, used only by decoder self-attention, decoder
-layer i reading layer slot (2i mod L), prefix keys at positions before the
-sequence. Its reparameterization is peft's: Embedding(P, H*Dh) -> Linear ->
-tanh -> Linear.
+tensor, prefix keys at positions before the sequence (tokens start at P). On T5
+L = encoder depth and only decoder self-attention reads it, decoder layer i
+reading layer slot (2i mod L); on a decoder-only model (GPT-2, Llama) layer i
+reads slot i and H = num_kv_heads (peft's grouped-query token_dim). Its
+reparameterization is peft's: Embedding(P, H*Dh) -> Linear -> tanh -> Linear.
 
 Either way a stored prefix row is laid out [layers, 2 (key, value), heads,
 head_dim], peft's layout; `merge` replaces the MLP by its output.
@@ -55,7 +56,8 @@ class PrefixTuning:
 
   Attributes:
     length: prefix positions per attention.
-    style: 'paper' (every attention) or 'peft' (peft's decoder-self-only variant).
+    style: 'paper' (every attention) or 'peft' (peft's variant: decoder
+      self-attention only, tokens positioned after the prefix).
     reparameterize: train through the MLP (the paper's recipe); `merge` folds it.
     hidden_dim: the MLP's mid width (512 in the paper).
     num_prompts: prefixes kept side by side (mixed-task batches).
@@ -88,8 +90,7 @@ class PrefixTuning:
     """Attention kind -> number of layer slots it stores."""
     if self.style == 'peft':
       if not config.is_encoder_decoder:
-        raise ValueError("peft-style prefixes are T5's layout; decoder-only models take "
-                         "style='paper'")
+        return dict(config.prefix_kinds)  # every layer's self-attention, as 'paper'
       if config.num_decoder_layers > config.num_encoder_layers:
         raise ValueError(
             f"peft-style prefixes need num_decoder_layers <= num_encoder_layers (peft's layout "
@@ -158,7 +159,7 @@ class PrefixTuning:
     b, p, width = flat.shape
     slots = width // (2 * config.num_kv_heads * config.head_dim)
     kv = flat.reshape(b, p, slots, 2, config.num_kv_heads, config.head_dim)
-    if self.style == 'peft' and kind == 'decoder_self':
+    if self.style == 'peft' and kind == 'decoder_self' and config.is_encoder_decoder:
       # peft's EncoderDecoderCache split: decoder layer i reads layer slot (2i mod L).
       kv = kv[:, :, [(2 * i) % slots for i in range(config.num_decoder_layers)]]
     kv = jnp.transpose(kv, (2, 3, 0, 1, 4, 5))  # [L, 2, B, P, H, D]
