@@ -111,6 +111,12 @@ class TokenizerVocabulary:
   def vocab_size(self) -> int:
     return self._tok.get_vocab_size(with_added_tokens=True)
 
+  @property
+  def unk_id(self) -> Optional[int]:
+    """The unknown token's id (None for byte-level BPE, which has none: GPT-2, Llama 3)."""
+    token = getattr(self._tok.model, 'unk_token', None)
+    return None if token is None else self._tok.token_to_id(token)
+
   def encode(self, text: str) -> List[int]:
     """Ids of `text`, without BOS / EOS."""
     return list(self._tok.encode(text, add_special_tokens=False).ids)

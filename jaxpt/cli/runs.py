@@ -400,7 +400,8 @@ def _report_truncation(path: str, texts: Sequence[str], vocab: Any, length: int)
     print(f'data: {cut:,} of {len(texts):,} inputs in {path} ({100 * cut / len(texts):.1f}%) '
           f'are longer than {length} tokens and are truncated (raise TASK_FEATURE_LENGTHS)',
           flush=True)
-  unknown = sum(UNK_ID in ids for ids in encoded)
+  unk = vocab.unk_id if isinstance(vocab, TokenizerVocabulary) else UNK_ID
+  unknown = sum(unk in ids for ids in encoded) if unk is not None else 0
   if unknown:
     print(f'data: {unknown:,} of {len(texts):,} inputs in {path} '
           f'({100 * unknown / len(texts):.1f}%) hold characters the vocabulary maps to its '
