@@ -137,10 +137,12 @@ def _hf_config(backbone_path: str) -> dict:
   """config.json of a local backbone directory ({} when there is none)."""
   import json
   path = os.path.join(os.fspath(backbone_path), 'config.json')
-  if not os.path.isfile(path):
+  try:
+    with open(path) as f:
+      config = json.load(f)
+  except (OSError, ValueError):  # none, or unreadable: loading the backbone says why
     return {}
-  with open(path) as f:
-    return json.load(f)
+  return config if isinstance(config, dict) else {}
 
 
 def _eos_of(backbone_path: str, tokenizer_path: str) -> int:
@@ -173,14 +175,21 @@ def default_vocab_path() -> str:
 def shipped_model(backbone_path: Optional[str]) -> Optional[str]:
   """The tokenizer file a local backbone directory ships: its SentencePiece model
   (`spiece.model`: HF T5 directories, jaxpt's mini T5) or, without one, its
-  `tokenizer.json` (GPT-2 / Llama directories); None for T5X checkpoints, gs:// paths
-  and a random init."""
+  `tokenizer.json` (GPT-2 / Llama directories only: a T5 directory's is not read); None
+  for T5X checkpoints, gs:// paths and a random init."""
   if backbone_path and not str(backbone_path).startswith('gs://'):
-    for name in (SPIECE_FILE, TOKENIZER_FILE):
-      own = os.path.join(os.fspath(backbone_path), name)
-      if os.path.isfile(own):
-        return own
+    own = os.path.join(os.fspath(backbone_path), SPIECE_FILE)
+    if os.path.isfile(own):
+      return own
+    own = os.path.join(os.fspath(backbone_path), TOKENIZER_FILE)
+    if os.path.isfile(own) and _is_decoder_dir(backbone_path):
+      return own
   return None
+
+
+def _is_decoder_dir(backbone_path: str) -> bool:
+  """Whether a local directory holds a GPT-2 / Llama checkpoint (config.json `model_type`)."""
+  return _hf_config(backbone_path).get('model_type') in _DECODER_MODEL_TYPES
 
 
 def model_digest(path: str) -> str:
@@ -202,7 +211,7 @@ def backbone_vocabulary(backbone_path: Optional[str] = None) -> Vocabulary:
   if own and own.endswith(TOKENIZER_FILE):
     return TokenizerVocabulary(own, _eos_of(backbone_path, own))
   if (own is None and backbone_path and not str(backbone_path).startswith('gs://')
-      and _hf_config(backbone_path).get('model_type') in _DECODER_MODEL_TYPES):
+      and _is_decoder_dir(backbone_path)):
     raise FileNotFoundError(
         f'{backbone_path} is a {_hf_config(backbone_path)["model_type"]} directory without '
         f'its tokenizer ({TOKENIZER_FILE}): save it there (tokenizer.save_pretrained(dir))')
