@@ -117,6 +117,10 @@ class TokenizerVocabulary:
     token = getattr(self._tok.model, 'unk_token', None)
     return None if token is None else self._tok.token_to_id(token)
 
+  def decode_piece(self, i: int) -> str:
+    """The token string of one id (special tokens included)."""
+    return self._tok.id_to_token(int(i))
+
   def encode(self, text: str) -> List[int]:
     """Ids of `text`, without BOS / EOS."""
     return list(self._tok.encode(text, add_special_tokens=False).ids)

@@ -92,7 +92,7 @@ def test_seqio_batches_equal_seqio_prefix_lm_features():
 # ------------------------------------------------------------------ vocabulary and logits
 
 
-def test_decoder_directories_use_their_tokenizer_json(tmp_path, vocab_path):
+def test_decoder_directories_use_their_tokenizer_json(tmp_path, vocab_path, capsys):
   from jaxpt.cli import runs
   from jaxpt.vocabulary import Vocabulary, backbone_vocabulary
   path = tiny_decoder_dir('llama', tmp_path / 'llama')
@@ -103,6 +103,9 @@ def test_decoder_directories_use_their_tokenizer_json(tmp_path, vocab_path):
   runs._check_vocabulary(vocab, 96, path)
   with pytest.raises(ValueError, match='tokenized for another backbone'):
     runs._check_vocabulary(Vocabulary(str(vocab_path)), 96, path)  # a T5 task on Llama
+  runs._report_truncation('x.tsv', ['apple <pad> saw', 'apple'], vocab, 16)
+  assert ("1 of 2 inputs in x.tsv hold the piece with id 0 ('<pad>')"
+          in capsys.readouterr().out)
   (tmp_path / 'llama' / 'tokenizer.json').unlink()
   with pytest.raises(FileNotFoundError, match='without its tokenizer'):
     backbone_vocabulary(path)

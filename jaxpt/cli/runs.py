@@ -400,6 +400,12 @@ def _report_truncation(path: str, texts: Sequence[str], vocab: Any, length: int)
     print(f'data: {cut:,} of {len(texts):,} inputs in {path} ({100 * cut / len(texts):.1f}%) '
           f'are longer than {length} tokens and are truncated (raise TASK_FEATURE_LENGTHS)',
           flush=True)
+  if isinstance(vocab, TokenizerVocabulary):  # a GPT-2 / Llama id 0 is a real piece
+    zero = sum(0 in ids for ids in encoded)
+    if zero:
+      print(f'data: {zero:,} of {len(texts):,} inputs in {path} hold the piece with id 0 '
+            f'({vocab.decode_piece(0)!r}), which jaxpt batches use as padding: it is dropped',
+            flush=True)
   unk = vocab.unk_id if isinstance(vocab, TokenizerVocabulary) else UNK_ID
   unknown = sum(unk in ids for ids in encoded) if unk is not None else 0
   if unknown:
