@@ -191,3 +191,23 @@ def test_gpt2_rows_longer_than_its_position_table_are_refused():
   with pytest.raises(ValueError, match="GPT-2's 64 positions"):
     runs._check_positions(config, 4, 68)
   runs._check_positions(decoder_preset('llama', 'tiny'), 4, 4096)  # RoPE: no table
+
+
+@pytest.mark.slow  # about 75 s on 2 shared CPU cores (SeqIO, two compiles)
+def test_train_and_eval_on_a_seqio_task_with_a_random_gpt2(tmp_path, capsys):
+  """The SeqIO path: a random `models/gpt2/tiny.gin` backbone wide enough for the byte
+  vocabulary of `synthetic_two_class`, trained and scored by rank classification."""
+  common = ['--gin_file=models/gpt2/tiny.gin', '--gin.jaxpt.decoder_preset.vocab_size=512',
+            f"--gin.MODEL_DIR='{tmp_path / 'run'}'",
+            "--gin.MIXTURE_OR_TASK_NAME='synthetic_two_class'",
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 40, 'targets': 4}"]
+  out = _main(['train', *common, '--gin_file=methods/prompt_tuning.gin',
+               '--gin_file=runs/train.gin', '--gin_file=local_tiny.gin',
+               '--gin.TRAIN_STEPS=2', '--gin.jaxpt.train.eval_every=2'], capsys)
+  assert 'data: training unpacked (packing builds T5' in out
+  assert 'eval at step 2: accuracy' in out
+  _main(['eval', *common, '--gin_file=runs/eval.gin', '--gin.jaxpt.evaluate.max_examples=8'],
+        capsys)
+  record = json.loads((tmp_path / 'run' / 'eval_metrics.jsonl').read_text().splitlines()[-1])
+  assert record['task'] == 'synthetic_two_class' and record['examples'] == 8
+  assert 0.0 <= record['accuracy'] <= 100.0
