@@ -1,8 +1,10 @@
-"""T5's SentencePiece vocabulary without TensorFlow.
+"""T5's SentencePiece vocabulary without TensorFlow, and a GPT-2 / Llama tokenizer.json.
 
 Ids follow T5: pad 0, eos 1, unk 2, the SentencePiece pieces, then
 `extra_ids` sentinels counted down from the top (`<extra_id_0>` is the
-highest id), exactly as seqio.SentencePieceVocabulary does.
+highest id), exactly as seqio.SentencePieceVocabulary does. A decoder-only
+backbone directory's `tokenizer.json` keeps its own ids (`TokenizerVocabulary`);
+jaxpt batches still pad with 0 (T5X's rule).
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ DEFAULT_EXTRA_IDS = 100
 T5_VOCAB_GCS = 'gs://t5-data/vocabs/cc_all.32000/sentencepiece.model'
 VOCAB_ENV_VAR = 'JAXPT_VOCAB'
 SPIECE_FILE = 'spiece.model'
+TOKENIZER_FILE = 'tokenizer.json'
+"""The transformers fast-tokenizer file a GPT-2 / Llama directory ships."""
+_DECODER_MODEL_TYPES = ('gpt2', 'llama')
+# Tokens that end a sequence in GPT-2 / Llama 2 / Llama 3 tokenizers, when config.json names none.
+_EOS_TOKENS = ('<|endoftext|>', '</s>', '<|end_of_text|>', '<|eot_id|>')
 _SHARED_VOCAB = (pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'vocab' /
                  't5_spiece.model')
 
@@ -80,6 +87,85 @@ class Vocabulary:
     return self._sp.DecodeIds(kept)
 
 
+class TokenizerVocabulary:
+  """A decoder-only backbone's `tokenizer.json` (GPT-2's BPE, Llama's), read with the
+  `tokenizers` library: text -> ids without special tokens, ids -> text.
+
+  `eos_id` is the backbone's end-of-sequence id (config.json's `eos_token_id`): the
+  targets end with it and decoding stops at it. Id 0 is padding in jaxpt batches, so a
+  text piece whose id is 0 (GPT-2's '!') is dropped by `decode` (and by the batches).
+  """
+
+  pad_id = PAD_ID
+
+  def __init__(self, path: str, eos_id: int):
+    import tokenizers
+    path = os.fspath(path)
+    try:
+      self._tok = tokenizers.Tokenizer.from_str(storage.read_bytes(path).decode('utf-8'))
+    except Exception as e:  # OSError, or a file tokenizers cannot parse
+      raise ValueError(f'{path}: cannot read the tokenizer: {e}') from e
+    self.path, self.eos_id = path, int(eos_id)
+
+  @property
+  def vocab_size(self) -> int:
+    return self._tok.get_vocab_size(with_added_tokens=True)
+
+  @property
+  def unk_id(self) -> Optional[int]:
+    """The unknown token's id (None for byte-level BPE, which has none: GPT-2, Llama 3)."""
+    token = getattr(self._tok.model, 'unk_token', None)
+    return None if token is None else self._tok.token_to_id(token)
+
+  def decode_piece(self, i: int) -> str:
+    """The token string of one id (special tokens included)."""
+    return self._tok.id_to_token(int(i))
+
+  def encode(self, text: str) -> List[int]:
+    """Ids of `text`, without BOS / EOS."""
+    return list(self._tok.encode(text, add_special_tokens=False).ids)
+
+  def decode(self, ids: Sequence[int]) -> str:
+    """Text of `ids`, stopping at `eos_id` and skipping padding (0)."""
+    kept = []
+    for i in ids:
+      i = int(i)
+      if i == self.eos_id:
+        break
+      if i != PAD_ID:
+        kept.append(i)
+    return self._tok.decode(kept, skip_special_tokens=True)
+
+
+def _hf_config(backbone_path: str) -> dict:
+  """config.json of a local backbone directory ({} when there is none)."""
+  import json
+  path = os.path.join(os.fspath(backbone_path), 'config.json')
+  try:
+    with open(path) as f:
+      config = json.load(f)
+  except (OSError, ValueError):  # none, or unreadable: loading the backbone says why
+    return {}
+  return config if isinstance(config, dict) else {}
+
+
+def _eos_of(backbone_path: str, tokenizer_path: str) -> int:
+  """The end-of-sequence id of a decoder-only directory: config.json's, else the
+  tokenizer's own end token."""
+  eos = _hf_config(backbone_path).get('eos_token_id')
+  if isinstance(eos, list):
+    eos = eos[0] if eos else None
+  if eos is not None:
+    return int(eos)
+  import tokenizers
+  tok = tokenizers.Tokenizer.from_file(tokenizer_path)
+  for token in _EOS_TOKENS:
+    if tok.token_to_id(token) is not None:
+      return tok.token_to_id(token)
+  raise ValueError(f'{backbone_path}: config.json names no eos_token_id and the tokenizer has '
+                   f'none of {list(_EOS_TOKENS)}')
+
+
 def default_vocab_path() -> str:
   """T5's SentencePiece model: $JAXPT_VOCAB, else `../shared/data/vocab/t5_spiece.model`
   beside the repository when present, else T5's public GCS copy."""
@@ -91,13 +177,23 @@ def default_vocab_path() -> str:
 
 
 def shipped_model(backbone_path: Optional[str]) -> Optional[str]:
-  """The SentencePiece model a local backbone directory ships (`spiece.model`: HF T5
-  directories, jaxpt's mini T5), or None (T5X checkpoints, gs:// paths, a random init)."""
+  """The tokenizer file a local backbone directory ships: its SentencePiece model
+  (`spiece.model`: HF T5 directories, jaxpt's mini T5) or, without one, its
+  `tokenizer.json` (GPT-2 / Llama directories only: a T5 directory's is not read); None
+  for T5X checkpoints, gs:// paths and a random init."""
   if backbone_path and not str(backbone_path).startswith('gs://'):
     own = os.path.join(os.fspath(backbone_path), SPIECE_FILE)
     if os.path.isfile(own):
       return own
+    own = os.path.join(os.fspath(backbone_path), TOKENIZER_FILE)
+    if os.path.isfile(own) and _is_decoder_dir(backbone_path):
+      return own
   return None
+
+
+def _is_decoder_dir(backbone_path: str) -> bool:
+  """Whether a local directory holds a GPT-2 / Llama checkpoint (config.json `model_type`)."""
+  return _hf_config(backbone_path).get('model_type') in _DECODER_MODEL_TYPES
 
 
 def model_digest(path: str) -> str:
@@ -111,8 +207,16 @@ def backbone_vocabulary(backbone_path: Optional[str] = None) -> Vocabulary:
   """The vocabulary that goes with a backbone: the one entry point for tokenizers.
 
   A backbone directory that ships its SentencePiece model (`spiece.model`: HF
-  T5 directories, jaxpt's mini T5) uses it; otherwise (T5X checkpoints, a
-  random init, no path) T5's public vocabulary (`default_vocab_path`).
+  T5 directories, jaxpt's mini T5) uses it; a GPT-2 / Llama directory its
+  `tokenizer.json` (`TokenizerVocabulary`, EOS from config.json); otherwise (T5X
+  checkpoints, a random init, no path) T5's public vocabulary (`default_vocab_path`).
   """
   own = shipped_model(backbone_path)
+  if own and own.endswith(TOKENIZER_FILE):
+    return TokenizerVocabulary(own, _eos_of(backbone_path, own))
+  if (own is None and backbone_path and not str(backbone_path).startswith('gs://')
+      and _is_decoder_dir(backbone_path)):
+    raise FileNotFoundError(
+        f'{backbone_path} is a {_hf_config(backbone_path)["model_type"]} directory without '
+        f'its tokenizer ({TOKENIZER_FILE}): save it there (tokenizer.save_pretrained(dir))')
   return Vocabulary(own or default_vocab_path())

@@ -103,3 +103,23 @@ def llama(seed: int = 0, **overrides) -> transformers.LlamaForCausalLM:
       if name.endswith('layernorm.weight') or name.endswith('norm.weight'):
         p.uniform_(0.5, 1.5)
   return model
+
+
+def word_tokenizer(words, directory, specials=('<pad>', '<s>', '</s>', '<unk>'),
+                   end='<|endoftext|>', size: int = VOCAB) -> str:
+  """Writes a word-level `tokenizer.json` of `size` ids into `directory`: `specials` first
+  (id 0 the padding, Llama's <s> 1 and </s> 2), then `words`, filler, and `end` last (GPT-2's
+  <|endoftext|>, id size - 1); returns its path."""
+  import tokenizers
+  names = list(specials) + sorted(set(words))
+  names += [f'<filler_{i}>' for i in range(size - 1 - len(names))] + [end]
+  if len(names) != size:
+    raise ValueError(f'{len(set(words))} words do not fit a vocabulary of {size}')
+  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(
+      {w: i for i, w in enumerate(names)}, unk_token='<unk>'))
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+  tok.decoder = tokenizers.decoders.WordPiece(prefix='##')  # joins words with spaces
+  tok.add_special_tokens([*specials, end])
+  path = f'{directory}/tokenizer.json'
+  tok.save(path)
+  return path

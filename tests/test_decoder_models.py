@@ -93,6 +93,8 @@ def test_logits_equal_transformers_with_padding(family, tmp_path):
   ours = CausalLM(model.config).apply({'params': model.params}, tokens, valid).logits
   ref = _hf_logits(hf_model, tokens, valid)
   np.testing.assert_allclose(np.asarray(ours)[valid], ref[valid], atol=1e-4, rtol=1e-4)
+  # The numpy handle: model.logits(tokens), padding read from the 0 ids.
+  np.testing.assert_allclose(model.logits(tokens)[valid], ref[valid], atol=1e-4, rtol=1e-4)
   # Left- and right-padded copies of a row give the same logits on its real tokens.
   np.testing.assert_allclose(np.asarray(ours)[2, 3:], CausalLM(model.config).apply(
       {'params': model.params}, tokens[2:3, 3:], valid[2:3, 3:]).logits[0], atol=1e-5)

@@ -24,14 +24,16 @@ import jaxpt
 from jaxpt import storage
 from jaxpt.checkpoints.prompts import MANIFEST, load_prompt
 from jaxpt.cli import run_dir
-from jaxpt.data.features import pad_rows
-from jaxpt.evaluate.splits import predict_texts, score_examples, score_split
+from jaxpt.data.features import DecoderOnlyBatches, pad_rows
+from jaxpt.evaluate.splits import eos_of, predict_texts, score_examples, score_split
 from jaxpt.methods import PROMPT_ONLY, Backbone, partition
 from jaxpt.methods.prompt import PromptInit
 from jaxpt.models.config import T5Config, find_preset
+from jaxpt.models.decoder_config import DecoderConfig, find_decoder_preset
 from jaxpt.models.backbones import init_params
 from jaxpt.prompted.base import prompted_model
-from jaxpt.vocabulary import EOS_ID, UNK_ID, backbone_vocabulary, model_digest, shipped_model
+from jaxpt.vocabulary import (UNK_ID, TokenizerVocabulary, backbone_vocabulary, model_digest,
+                              shipped_model)
 
 CONFIG_FILE = 'config.gin'
 OPERATIVE_CONFIG_FILE = 'operative_config.gin'
@@ -80,10 +82,17 @@ def run_config(base_config: T5Config, model_config: Optional[T5Config],
 # The checkpoint's structure must be the one the model gin asks for.
 _STRUCTURE = ('emb_dim', 'num_heads', 'head_dim', 'mlp_dim', 'num_encoder_layers',
               'num_decoder_layers', 'vocab_size', 'logits_via_embedding', 'mlp_activations')
+_DECODER_STRUCTURE = ('family', 'emb_dim', 'num_heads', 'num_kv_heads', 'head_dim', 'mlp_dim',
+                      'num_layers', 'vocab_size', 'tie_embeddings')
 
 
-def _check_structure(found: T5Config, wanted: T5Config, path: str) -> None:
-  diff = [f'{k} {getattr(found, k)!r} (gin: {getattr(wanted, k)!r})' for k in _STRUCTURE
+def _check_structure(found: Any, wanted: Any, path: str) -> None:
+  if type(found) is not type(wanted):
+    kind = lambda c: c.family if isinstance(c, DecoderConfig) else 'T5'
+    raise ValueError(f'the checkpoint {path} is a {kind(found)} backbone but MODEL_CONFIG is a '
+                     f'{kind(wanted)} one: use the model gin of this checkpoint')
+  fields = _DECODER_STRUCTURE if isinstance(found, DecoderConfig) else _STRUCTURE
+  diff = [f'{k} {getattr(found, k)!r} (gin: {getattr(wanted, k)!r})' for k in fields
           if getattr(found, k) != getattr(wanted, k)]
   if diff:
     raise ValueError(f'the checkpoint {path} does not have the structure MODEL_CONFIG asks for: '
@@ -115,8 +124,9 @@ def _backbone(initial_checkpoint_path: Optional[str], model_config: Optional[T5C
   if model_config is None:
     raise ValueError('set INITIAL_CHECKPOINT_PATH (a T5 checkpoint) or MODEL_CONFIG '
                      '(a model gin file such as models/t5_1_1/tiny.gin)')
+  family = model_config.family if isinstance(model_config, DecoderConfig) else 'T5'
   print(f'WARNING: INITIAL_CHECKPOINT_PATH is not set: the backbone is a RANDOMLY '
-        f'initialized T5 (seed {seed}), not a pretrained one.', flush=True)
+        f'initialized {family} (seed {seed}), not a pretrained one.', flush=True)
   config = run_config(model_config, model_config, frozen_dtype)
   if partitioning is not None:  # initialized in place, each device computing its shards
     from jaxpt.partitioning import param_shardings
@@ -140,7 +150,8 @@ def _backbone_frozen(trainable_rules: Sequence[str], model_config: Optional[T5Co
   for family, tied in (('t5_1_1', False), ('t5_1_0', True), ('t5_1_0', False)):
     config = preset(family, 'tiny', num_encoder_layers=64, num_decoder_layers=64,
                     logits_via_embedding=tied,
-                    per_layer_relpos_bias=bool(model_config and model_config.per_layer_relpos_bias))
+                    per_layer_relpos_bias=bool(getattr(model_config, 'per_layer_relpos_bias',
+                                                       False)))
     paths.update(traverse_util.flatten_dict(abstract_params(config), sep='/'))
   probe = {'backbone': traverse_util.unflatten_dict({k: 0 for k in paths}, sep='/'),
            'method': {'prompt': 0}}
@@ -171,9 +182,13 @@ def _check_placement(method: Any) -> None:
 
 
 def _packing(pack: bool, method: Any, task_name: Optional[str],
-             data_shards: Optional[int]) -> bool:
+             data_shards: Optional[int], config: Any = None) -> bool:
   """Whether this run trains on packed rows: PACK, where packing is exact and supported."""
   if not pack:
+    return False
+  if isinstance(config, DecoderConfig):
+    print(f'data: training unpacked (packing builds T5 encoder-decoder rows; the {config.family} '
+          f'backbone trains on one example a row)', flush=True)
     return False
   if method.prefix_position != 'none':
     print(f'data: training unpacked: {method.name} with peft-style prefixes (prefix keys at '
@@ -192,6 +207,21 @@ def _packing(pack: bool, method: Any, task_name: Optional[str],
       print(f'data: training unpacked ({why})', flush=True)
       return False
   return True
+
+
+def lengths_total(feature_lengths: Mapping[str, int]) -> int:
+  """Positions of a decoder-only training row: TASK_FEATURE_LENGTHS' inputs (the prompt
+  included) plus targets."""
+  return int(feature_lengths['inputs']) + int(feature_lengths['targets'])
+
+
+def _check_positions(config: Any, prompt_length: int, length: int) -> None:
+  """Refuses rows longer than GPT-2's position table (Llama's RoPE has no table)."""
+  if isinstance(config, DecoderConfig) and config.family == 'gpt2' and \
+      length > config.max_positions:
+    raise ValueError(f'a row of {length} positions (prompt {prompt_length} + inputs + targets, '
+                     f'or + decoded tokens) does not fit GPT-2\'s {config.max_positions} '
+                     f'positions: lower TASK_FEATURE_LENGTHS (or max_decode_length)')
 
 
 def _task_setup(task_name: str, feature_lengths: Mapping[str, int], prompt_length: int):
@@ -301,13 +331,14 @@ def _file_data(train_file: str, validation_file: Optional[str], vocab: Any,
                                     input_template=input_template)
   train = read(train_file)
   words = label_list(train, labels, train_file)
-  inputs = encode_inputs([e['inputs'] for e in train], vocab.encode, lengths['inputs'])
+  eos = eos_of(vocab)
+  inputs = encode_inputs([e['inputs'] for e in train], vocab.encode, lengths['inputs'], eos)
   _report_truncation(train_file, [e['inputs'] for e in train], vocab, lengths['inputs'])
   if words:
-    table = label_table(words, vocab.encode, lengths['targets'])
+    table = label_table(words, vocab.encode, lengths['targets'], eos)
     rows = np.asarray([words.index(e['targets']) for e in train])
   else:
-    table = encode_inputs([e['targets'] for e in train], vocab.encode, lengths['targets'])
+    table = encode_inputs([e['targets'] for e in train], vocab.encode, lengths['targets'], eos)
     rows = np.arange(len(train))
   print(f'data: {len(train):,} training examples from {train_file}'
         + (f', labels {words}' if words else ', free-text targets'), flush=True)
@@ -315,7 +346,8 @@ def _file_data(train_file: str, validation_file: Optional[str], vocab: Any,
   if validation_file:
     held_out = read(validation_file)[:eval_examples or None]
     label_list(held_out, words, validation_file)
-    held_inputs = encode_inputs([e['inputs'] for e in held_out], vocab.encode, lengths['inputs'])
+    held_inputs = encode_inputs([e['inputs'] for e in held_out], vocab.encode, lengths['inputs'],
+                                eos)
     targets = [e['targets'] for e in held_out]
     print(f'data: {len(held_out):,} validation examples from {validation_file}', flush=True)
     evaluate = lambda model, params: score_examples(model, params, held_inputs, targets, vocab,
@@ -344,8 +376,8 @@ def _read_user_inputs(path: str, checkpoint: Optional[str], feature_lengths: Map
                            input_template=input_template, require_target=require_target)
   texts = [e['inputs'] for e in examples]
   _report_truncation(path, texts, vocab, length)
-  return (encode_inputs(texts, vocab.encode, length), texts, [e['targets'] for e in examples],
-          vocab)
+  return (encode_inputs(texts, vocab.encode, length, eos_of(vocab)), texts,
+          [e['targets'] for e in examples], vocab)
 
 
 def _labels_of(prompt_dir: str, labels: Optional[Sequence[str]]) -> Optional[List[str]]:
@@ -368,7 +400,14 @@ def _report_truncation(path: str, texts: Sequence[str], vocab: Any, length: int)
     print(f'data: {cut:,} of {len(texts):,} inputs in {path} ({100 * cut / len(texts):.1f}%) '
           f'are longer than {length} tokens and are truncated (raise TASK_FEATURE_LENGTHS)',
           flush=True)
-  unknown = sum(UNK_ID in ids for ids in encoded)
+  if isinstance(vocab, TokenizerVocabulary):  # a GPT-2 / Llama id 0 is a real piece
+    zero = sum(0 in ids for ids in encoded)
+    if zero:
+      print(f'data: {zero:,} of {len(texts):,} inputs in {path} hold the piece with id 0 '
+            f'({vocab.decode_piece(0)!r}), which jaxpt batches use as padding: it is dropped',
+            flush=True)
+  unk = vocab.unk_id if isinstance(vocab, TokenizerVocabulary) else UNK_ID
+  unknown = sum(unk in ids for ids in encoded) if unk is not None else 0
   if unknown:
     print(f'data: {unknown:,} of {len(texts):,} inputs in {path} '
           f'({100 * unknown / len(texts):.1f}%) hold characters the vocabulary maps to its '
@@ -380,12 +419,14 @@ def vocabulary_file(vocab: Any) -> Optional[str]:
   """The SentencePiece model file of a jaxpt or SeqIO vocabulary (None for another kind,
   e.g. SeqIO's ByteVocabulary)."""
   return getattr(vocab, 'sentencepiece_model_file', None) or (
-      getattr(vocab, 'path', None) if hasattr(vocab, 'base_size') else None)
+      getattr(vocab, 'path', None) if hasattr(vocab, 'base_size')
+      or isinstance(vocab, TokenizerVocabulary) else None)
 
 
 _WHICH_GOES_WITH_WHICH = (
     "T5 checkpoints use the T5 vocabulary (32,100 ids: the tasks without _mini); jaxpt's mini "
-    'backbone uses its own spiece.model (8,100 ids: the *_mini tasks); TRAIN_FILE / EVAL_FILE / '
+    'backbone uses its own spiece.model (8,100 ids: the *_mini tasks); a GPT-2 / Llama '
+    "directory its tokenizer.json (no SeqIO task uses it); TRAIN_FILE / EVAL_FILE / "
     "INPUT_FILE runs always tokenize with the backbone's own")
 
 
@@ -474,7 +515,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: Optional[str] 
     model = _backbone(initial_checkpoint_path, model_config, seed, partitioning,
                       frozen_dtype if frozen_all else None)
     prompted = prompted_model(model.config, method, label_smoothing=label_smoothing, z_loss=z_loss)
-    pack = _packing(pack, method, mixture_or_task_name, data_shards)
+    pack = _packing(pack, method, mixture_or_task_name, data_shards, model.config)
     if train_file:
       data = _file_data(train_file, validation_file if eval_split else None,
                         backbone_vocabulary(initial_checkpoint_path), task_feature_lengths,
@@ -497,6 +538,9 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: Optional[str] 
       backbone_params = _cast_frozen({'backbone': backbone_params, 'method': method_params},
                                      trainable_rules, frozen_dtype)['backbone']
     batches = data.batches
+    if isinstance(model.config, DecoderConfig):  # inputs then targets, loss on the targets
+      _check_positions(model.config, method.prompt_length, lengths_total(task_feature_lengths))
+      batches = DecoderOnlyBatches(batches)
     main_process = jax.process_index() == 0  # writes the files besides Orbax's checkpoints
     identity = _identity(
         model, method, mixture_or_task_name, train_file, validation_file, input_template,
@@ -581,13 +625,16 @@ def _file_sha256(path: str) -> str:
 def _say_start(model: Any, method: Any, method_params: Any, trainable_rules: Sequence[str],
                model_dir: str) -> None:
   """What the run is about to do: backbone, method, trainable share, outputs."""
-  known = find_preset(model.config)
+  if isinstance(model.config, DecoderConfig):
+    known, kind = find_decoder_preset(model.config), f'custom {model.config.family}'
+  else:
+    known, kind = find_preset(model.config), 'custom T5'
   total = model.num_params()
   trainable = partition({'backbone': model.params, 'method': method_params},
                         trainable_rules)[0]
   count = int(sum(np.size(x) for x in jax.tree.leaves(trainable)))
   share = count / max(total + sum(np.size(x) for x in jax.tree.leaves(method_params)), 1)
-  print(f'backbone: {model.source} ({"/".join(known) if known else "custom T5"}, '
+  print(f'backbone: {model.source} ({"/".join(known) if known else kind}, '
         f'{total:,} parameters)', flush=True)
   print(f'method: {method.name}; trainable: {count:,} parameters ({100 * share:.3g}% of the '
         f'model); outputs: {model_dir}', flush=True)
@@ -651,6 +698,7 @@ def evaluate(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: Optional[st
                                                    model_config, seed, prompt_dir,
                                                    partitioning, frozen_dtype)
   prompted = prompted_model(model.config, method)
+  _check_positions(model.config, method.prompt_length, lengths_total(task_feature_lengths))
   params = {'backbone': model.params, 'method': method_params}
   start = time.time()
   if eval_file:
@@ -705,6 +753,8 @@ def infer(*, model_dir: str = gin.REQUIRED, task_feature_lengths: Mapping[str, i
                                                    partitioning, frozen_dtype)
   lengths = tasks.feature_lengths(task_feature_lengths['inputs'],
                                   task_feature_lengths['targets'], method.prompt_length)
+  _check_positions(model.config, method.prompt_length,
+                   task_feature_lengths['inputs'] + 1 + max_decode_length)
   if input_file:
     tokens, texts, targets, vocab = _read_user_inputs(
         input_file, initial_checkpoint_path, task_feature_lengths, method.prompt_length,
@@ -717,7 +767,7 @@ def infer(*, model_dir: str = gin.REQUIRED, task_feature_lengths: Mapping[str, i
       raise FileNotFoundError(f'INPUT_TSV {input_tsv!r} does not exist')
     vocab = backbone_vocabulary(initial_checkpoint_path)
     texts = [line.rstrip('\n').split('\t')[0] for line in open(input_tsv) if line.strip()]
-    tokens = pad_rows([vocab.encode(t)[:lengths['inputs'] - 1] + [EOS_ID] for t in texts],
+    tokens = pad_rows([vocab.encode(t)[:lengths['inputs'] - 1] + [eos_of(vocab)] for t in texts],
                       lengths['inputs'])
     examples = {'inputs': tokens, 'input_texts': texts, 'target_texts': [''] * len(texts),
                 'vocabulary': vocab}

@@ -60,3 +60,27 @@ def decoder_only_features(inputs: np.ndarray, targets: np.ndarray) -> Dict[str, 
     loss_weights[i, :len(w)] = w
   return dict(decoder_input_tokens=shift_right(sequence), decoder_target_tokens=sequence,
               decoder_loss_weights=loss_weights)
+
+
+def as_decoder_only(batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+  """An encoder-decoder batch (`encoder_input_tokens`, `decoder_target_tokens`, unpacked)
+  in T5X's decoder-only layout (`decoder_only_features`); other keys (`task_ids`) kept."""
+  out = {k: v for k, v in batch.items() if not k.startswith(('encoder_', 'decoder_'))}
+  out.update(decoder_only_features(batch['encoder_input_tokens'],
+                                   batch['decoder_target_tokens']))
+  return out
+
+
+class DecoderOnlyBatches:
+  """position -> `as_decoder_only` of another stream's batch at that position: the
+  SeqIO and user-file streams (`TrainBatches`, `ClassificationBatches`) for a GPT-2 /
+  Llama backbone. Attributes other than the call are the wrapped stream's."""
+
+  def __init__(self, batches):
+    self.batches = batches
+
+  def __call__(self, position: int) -> Dict[str, np.ndarray]:
+    return as_decoder_only(self.batches(position))
+
+  def __getattr__(self, name):
+    return getattr(self.__dict__['batches'], name)

@@ -19,14 +19,17 @@ from jaxpt.vocabulary import EOS_ID
 Encode = Callable[[str], Sequence[int]]
 
 
-def encode_inputs(texts: Sequence[str], encode: Encode, length: int) -> np.ndarray:
-  """[n, length] ids: each text cut to leave room for EOS, then EOS, then padding."""
-  return pad_rows([list(encode(text))[:length - 1] + [EOS_ID] for text in texts], length)
+def encode_inputs(texts: Sequence[str], encode: Encode, length: int,
+                  eos_id: int = EOS_ID) -> np.ndarray:
+  """[n, length] ids: each text cut to leave room for EOS, then EOS (`eos_id`: the
+  vocabulary's), then padding."""
+  return pad_rows([list(encode(text))[:length - 1] + [eos_id] for text in texts], length)
 
 
-def label_table(words: Sequence[str], encode: Encode, length: int) -> np.ndarray:
+def label_table(words: Sequence[str], encode: Encode, length: int,
+                eos_id: int = EOS_ID) -> np.ndarray:
   """[num_labels, length]: each label word's ids + EOS (the rank-classification candidates)."""
-  return encode_inputs(words, encode, length)
+  return encode_inputs(words, encode, length, eos_id)
 
 
 class ClassificationBatches:

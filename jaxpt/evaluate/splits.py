@@ -10,11 +10,11 @@ import numpy as np
 
 from jaxpt.data.features import pad_rows
 from jaxpt.prompted.base import PromptedModel
-from jaxpt.vocabulary import EOS_ID
+from jaxpt.vocabulary import EOS_ID, PAD_ID
 
 
-def label_token_table(task_name: str, encode: Callable[[str], Sequence[int]]
-                      ) -> Optional[np.ndarray]:
+def label_token_table(task_name: str, encode: Callable[[str], Sequence[int]],
+                      eos_id: int = EOS_ID) -> Optional[np.ndarray]:
   """[num_labels, T] tokens of every label word + EOS, or None for free-text tasks."""
   import tasks
   try:
@@ -23,7 +23,20 @@ def label_token_table(task_name: str, encode: Callable[[str], Sequence[int]]
     return None
   if not words:
     return None
-  return pad_rows([list(encode(w)) + [EOS_ID] for w in words])
+  return pad_rows([list(encode(w)) + [eos_id] for w in words])
+
+
+def eos_of(vocab: Any) -> int:
+  """A vocabulary's end-of-sequence id (T5's 1; a GPT-2 / Llama tokenizer's own)."""
+  return int(getattr(vocab, 'eos_id', EOS_ID))
+
+
+def decode_row(vocab: Any, row: Sequence[int]) -> str:
+  """Text of generated ids: up to the vocabulary's EOS, padding (0) skipped."""
+  ids, eos = [int(t) for t in row], eos_of(vocab)
+  if eos in ids:
+    ids = ids[:ids.index(eos)]
+  return vocab.decode([t for t in ids if t != PAD_ID])
 
 
 def _batched(fn: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray,
@@ -45,7 +58,7 @@ def predict_texts(model: PromptedModel, params: Any, inputs: np.ndarray, vocab: 
   generate = jax.jit(lambda p, enc: model.generate(p, enc, max_decode_length,
                                                    strategy=strategy, num_beams=num_beams))
   rows = _batched(lambda enc: generate(params, enc), inputs, batch_size)
-  return [vocab.decode([int(t) for t in row if t > EOS_ID]) for row in rows]
+  return [decode_row(vocab, row) for row in rows]
 
 
 def score_split(model: PromptedModel, params: Any, task_name: str,
@@ -59,7 +72,7 @@ def score_split(model: PromptedModel, params: Any, task_name: str,
   """
   import tasks
   vocab = examples['vocabulary']
-  table = label_token_table(task_name, lambda text: list(vocab.encode(text)))
+  table = label_token_table(task_name, lambda text: list(vocab.encode(text)), eos_of(vocab))
   inputs = examples['inputs']
   if table is not None:
     rank = jax.jit(lambda p, enc: model.score(p, enc, jnp.asarray(table))[0])
@@ -89,7 +102,7 @@ def score_examples(model: PromptedModel, params: Any, inputs: np.ndarray,
   """Accuracy on a user's own examples: rank classification over `labels`, else exact match
   of greedy-decoded text."""
   if labels:
-    table = pad_rows([list(vocab.encode(w)) + [EOS_ID] for w in labels])
+    table = pad_rows([list(vocab.encode(w)) + [eos_of(vocab)] for w in labels])
     rank = jax.jit(lambda p, enc: model.score(p, enc, jnp.asarray(table))[0])
     texts = [labels[int(i)] for i in _batched(lambda enc: rank(params, enc), inputs,
                                               batch_size)]

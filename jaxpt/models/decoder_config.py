@@ -190,7 +190,8 @@ def decoder_preset(family: str, size: str, **overrides: Any) -> DecoderConfig:
   fields = dict(base, emb_dim=emb, num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
                 mlp_dim=mlp, num_layers=layers)
   if size == 'tiny' and family == 'gpt2':
-    fields.update(vocab_size=96, max_positions=64)
+    # GPT-2's <|endoftext|> is its last id (50256): the tiny vocabulary's last id here.
+    fields.update(vocab_size=96, max_positions=64, bos_token_id=95, eos_token_id=95)
   fields.update(overrides)
   return DecoderConfig(**fields)
 

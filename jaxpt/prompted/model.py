@@ -21,6 +21,8 @@ def _compiled(model: PromptedModel):
   """Jitted (logits, generate) of a prompted model."""
 
   def logits(params, enc, dec):
+    if dec is None:  # decoder-only: `enc` is the sequence; real positions are its non-0 ids
+      return model.logits(params, {'decoder_input_tokens': enc, 'decoder_target_tokens': enc})
     return model.logits(params, {'encoder_input_tokens': enc, 'decoder_input_tokens': dec})
 
   def generate(params, enc, n, strategy, rng, num_beams, length_penalty, temperature, top_k):
@@ -75,17 +77,30 @@ class Model:
   def module(self) -> T5:
     return self.prompted.network
 
-  def logits(self, encoder_input_tokens: Any, decoder_input_tokens: Any) -> np.ndarray:
+  def logits(self, encoder_input_tokens: Any, decoder_input_tokens: Any = None) -> np.ndarray:
     """Teacher-forced logits.
 
+    A T5 backbone takes both arrays; a decoder-only (GPT-2 / Llama) backbone takes one,
+    `model.logits(tokens)`: int [batch, length] with 0 as padding on either side, the
+    logits of every position (after any soft prompt), as transformers gives them with
+    `attention_mask = tokens != 0` and `position_ids = cumsum(mask) - 1`.
+
     Args:
-      encoder_input_tokens: int [batch, input_len], 0 is padding.
+      encoder_input_tokens: int [batch, input_len], 0 is padding (decoder-only: the tokens).
       decoder_input_tokens: int [batch, target_len], starting with the decoder
         start token (0); causal attention makes trailing padding harmless.
 
     Returns:
-      float32 numpy array [batch, target_len, vocab].
+      float32 numpy array [batch, target_len (decoder-only: length), vocab].
     """
+    if isinstance(self.config, DecoderConfig):
+      if decoder_input_tokens is not None:
+        raise ValueError('a decoder-only backbone takes one token array: model.logits(tokens)')
+      tokens = _check_tokens('tokens', encoder_input_tokens, self.config.vocab_size)
+      logits, _ = _compiled(self.prompted)
+      return np.asarray(logits(self.all_params, jnp.asarray(tokens), None), np.float32)
+    if decoder_input_tokens is None:
+      raise ValueError('a T5 backbone takes encoder_input_tokens and decoder_input_tokens')
     enc = _check_tokens('encoder_input_tokens', encoder_input_tokens, self.config.vocab_size,
                         self._min_input_id())
     dec = _check_tokens('decoder_input_tokens', decoder_input_tokens, self.config.vocab_size)
