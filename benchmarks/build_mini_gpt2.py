@@ -85,31 +85,32 @@ def readme(m: dict) -> str:
   return f"""# jaxpt's mini GPT-2 backbone
 
 A GPT-2-architecture decoder (learned positions, pre-LayerNorm, GELU MLP, tied embeddings;
-d_model {c['emb_dim']}, {c['num_heads']} heads x {c['head_dim']}, MLP {c['mlp_dim']},
-{c['num_layers']} layers, {c['max_positions']} positions, {m['parameters']:,} parameters,
+d_model {c['emb_dim']}, {c['num_heads']} heads x {c['head_dim']}, MLP {c['mlp_dim']}, \
+{c['num_layers']} layers, {c['max_positions']} positions, {m['parameters']:,} parameters, \
 float32) pretrained by jaxpt as a causal LM on the offline corpus, on this machine's CPU. The
 decoder-only sibling of `mini_t5/`: a toy that gives decoder-only prompt tuning a pretrained
 (not random) frozen model offline; it is not GPT-2 and knows little English.
 
 - Load: `jaxpt.load_model(jaxpt.assets.mini_gpt2_path())` (an HF `GPT2LMHeadModel`
   directory, `jaxpt.save_hf`); tokenizer `spiece.model`, the mini T5's (sha256
-  `{m['vocabulary']['sha256'][:16]}...`, {PIECES} pieces, pad 0 / EOS 1 / UNK 2; the embedding
-  has {c['vocab_size']} rows, no sentinels). Id 0 is padding and the start id (jaxpt's
+  `{m['vocabulary']['sha256'][:16]}...`, {PIECES} pieces, pad 0 / EOS 1 / UNK 2; the \
+embedding has {c['vocab_size']} rows, no sentinels). Id 0 is padding and the start id (jaxpt's
   decoder-only layout); EOS (1) ends every document and is also `bos_token_id`.
 - Pretraining: next-token loss on every position of rows of {t['length']} tokens cut from
   the training documents joined with EOS (decoder input = the row shifted right behind 0),
-  batch {t['batch_size']}, AdamW lr {t['learning_rate']:g} (warmup {t['warmup_steps']},
-  linear decay to 0 at the last step), weight decay {t['weight_decay']:g}, clip
-  {t['clip_norm']:g}: {t['steps']} steps ({t['steps'] * t['batch_size']:,} rows, about
-  {t['steps'] * t['batch_size'] / m['train_rows']:.1f} passes over {m['train_rows']:,} rows)
-  in {t['wall_seconds'] / 60:.0f} min, final train loss {t['final_train_loss']}.
-- Machine: {m['machine'].get('cpu') or m['machine']['processor'] or 'x86_64'},
-  {m['machine']['cpu_count']} CPU cores shared with other jobs, {m['machine']['device']},
-  jax {m['machine']['jax']}.
+  batch {t['batch_size']}, AdamW lr {t['learning_rate']:g} (warmup {t['warmup_steps']}, \
+linear decay to 0 at the last step), weight decay {t['weight_decay']:g}, clip \
+{t['clip_norm']:g}:
+  {t['steps']} steps ({t['steps'] * t['batch_size']:,} rows, about \
+{t['steps'] * t['batch_size'] / m['train_rows']:.1f} passes over {m['train_rows']:,} rows) in \
+{t['wall_seconds'] / 60:.0f} min, final train loss {t['final_train_loss']}.
+- Machine: {m['machine'].get('cpu') or m['machine']['processor'] or 'x86_64'}, \
+{m['machine']['cpu_count']} CPU cores shared with other jobs, {m['machine']['device']}, \
+jax {m['machine']['jax']}.
 
 ## Held-out loss (nats per token, EOS included)
 
-The corpus's held-out split ({splits['validation']['documents']} documents,
+The corpus's held-out split ({splits['validation']['documents']} documents, \
 {m['held_out_tokens']:,} tokens in rows of {t['length']}); "untrained" is the random init the
 pretraining started from (`init_params(config, jax.random.key({t['seed']}))`).
 
