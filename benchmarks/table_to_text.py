@@ -2,10 +2,14 @@
 
     JAXPT_DATA_DIR=../shared/data python benchmarks/table_to_text.py
     JAXPT_DATA_DIR=../shared/data python benchmarks/table_to_text.py --quick
+    JAXPT_DATA_DIR=../shared/data python benchmarks/table_to_text.py --backbone mini_gpt2 \
+        --strategy greedy
 
-On a frozen mini backbone (default: jaxpt's mini T5), every method trains on
-the same (input, reference) pairs with the same batches and is scored on test
-by beam search (5 beams, as Li & Liang decode): corpus BLEU and chrF
+On a frozen mini backbone (default: jaxpt's mini T5; `--backbone mini_gpt2`
+or any decoder-only directory trains on T5X's decoder-only layout, the input
+then the reference), every method trains on the same (input, reference) pairs
+with the same batches and is scored on test by beam search (5 beams, as Li &
+Liang decode; `--strategy greedy` otherwise): corpus BLEU and chrF
 (sacrebleu, all references), ROUGE-L (rouge-score), with a bootstrap 95%
 interval of BLEU over test inputs; WebNLG also split into seen / unseen
 categories. Rows: no tuning (the frozen backbone as is), prefix tuning (the
@@ -38,7 +42,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 import jaxpt  # noqa: E402
-from jaxpt.assets import mini_t5_path  # noqa: E402
+from jaxpt.assets import mini_gpt2_path, mini_t5_path  # noqa: E402
+from jaxpt.data.features import decoder_only_features  # noqa: E402
 from jaxpt.data.text_classification import ClassificationBatches, encode_inputs  # noqa: E402
 from jaxpt.evaluate.splits import predict_texts  # noqa: E402
 from jaxpt.methods import (EVERYTHING, PROMPT_ONLY, Backbone, ModelTuning,  # noqa: E402
@@ -53,6 +58,22 @@ from tasks import generation_metrics, nlg  # noqa: E402
 
 LENGTHS = {'e2e': (64, 64), 'webnlg': (128, 96)}  # (input, target) tokens
 BATCH = 16
+BACKBONES = {'mini_t5': mini_t5_path, 'mini_gpt2': mini_gpt2_path}  # --backbone names
+
+
+def backbone_path(name: str) -> str:
+  """A `--backbone` value: one of BACKBONES' names, or a model directory as is."""
+  return BACKBONES[name]() if name in BACKBONES else name
+
+
+def training_batches(config, data: Dict[str, object], seed: int):
+  """Position k -> the k-th training batch, in the decoder-only layout for a causal LM."""
+  batches = ClassificationBatches(data['train_inputs'], data['train_rows'],
+                                  data['train_targets'], BATCH, seed)
+  if config.is_encoder_decoder:
+    return batches
+  return lambda k: (lambda b: decoder_only_features(b['encoder_input_tokens'],
+                                                    b['decoder_target_tokens']))(batches(k))
 
 
 def method_rows(quick: bool) -> List[Tuple[str, object, Sequence[str], float]]:
@@ -96,15 +117,15 @@ def score(dataset: str, texts: Sequence[str], test: Sequence[nlg.NLGExample],
 
 
 def run_method(model, data, method, rules, lr: float, steps: int, beams: int,
-               max_decode: int, vocab, seed: int = 0) -> Dict[str, object]:
+               max_decode: int, vocab, seed: int = 0, strategy: str = 'beam'
+               ) -> Dict[str, object]:
   """Trains one method (no steps: the frozen backbone) and generates for the test inputs."""
   backbone = Backbone(model.config, model.params['token_embedder']['embedding'], vocab.encode)
   method_params = method.init(jax.random.key(seed + 1), backbone)
   prompted = prompted_model(model.config, method)
   start = time.perf_counter()
   if steps:
-    batches = ClassificationBatches(data['train_inputs'], data['train_rows'],
-                                    data['train_targets'], BATCH, seed)
+    batches = training_batches(model.config, data, seed)
     optimizer = make_optimizer('adamw', lr, weight_decay=0.0, decay_steps=steps)
     result = train(prompted, model.params, method_params, batches, optimizer=optimizer,
                    num_steps=steps, rng=jax.random.key(seed + 2), trainable_rules=rules,
@@ -115,7 +136,7 @@ def run_method(model, data, method, rules, lr: float, steps: int, beams: int,
   train_seconds = time.perf_counter() - start
   start = time.perf_counter()
   texts = predict_texts(prompted, params, data['test_inputs'], vocab, batch_size=32,
-                        max_decode_length=max_decode, strategy='beam', num_beams=beams)
+                        max_decode_length=max_decode, strategy=strategy, num_beams=beams)
   trainable = (partition({'backbone': model.params, 'method': method_params}, rules)[0]
                if steps else {})
   count = lambda tree: int(sum(x.size for x in jax.tree.leaves(tree)))
@@ -154,24 +175,29 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                       help='decoded tokens (0: the target length of each dataset)')
   parser.add_argument('--quick', action='store_true',
                       help='a smoke run: 10 steps, 8 test inputs, 2 beams, 24 tokens, 100 resamples')
-  parser.add_argument('--backbone', default=mini_t5_path())
+  parser.add_argument('--backbone', default='mini_t5',
+                      help=f'{" or ".join(BACKBONES)} or a model directory')
+  parser.add_argument('--strategy', default='beam',
+                      help="decoding: 'beam' (--beams) or 'greedy'")
   parser.add_argument('--out_dir', default=os.path.join('runs', 'table_to_text'))
   args = parser.parse_args(argv)
   if args.quick:
     args.steps, args.max_test, args.beams, args.bootstrap, args.max_decode = 10, 8, 2, 100, 24
 
   t0 = time.perf_counter()
+  decoding = f'beam search {args.beams}' if args.strategy == 'beam' else args.strategy
   machine = f'{cpu_name()}, {os.cpu_count()} cores, load {load_average()}'
   print(machine, flush=True)
-  model = jaxpt.load_model(args.backbone)
-  vocab = backbone_vocabulary(args.backbone)
+  path = backbone_path(args.backbone)
+  model = jaxpt.load_model(path)
+  vocab = backbone_vocabulary(path)
   total = model.num_params()
   only = [k for k in args.only.split('|') if k]
   rows: List[Dict] = []
   examples: Dict[str, Dict[str, str]] = {}
-  header = (f'Backbone {os.path.basename(os.path.normpath(args.backbone))} ({total:,} '
+  header = (f'Backbone {os.path.basename(os.path.normpath(path))} ({total:,} '
             f'parameters), frozen except in full fine-tuning; {args.steps} steps of batch '
-            f'{BATCH}, Adam with linear decay; beam search {args.beams}; BLEU interval: '
+            f'{BATCH}, Adam with linear decay; {decoding}; BLEU interval: '
             f'{args.bootstrap} bootstrap resamples of the test inputs. Machine: {machine}.'
             + (' QUICK RUN: the numbers mean nothing.' if args.quick else ''))
 
@@ -200,7 +226,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     for label, method, rules, lr, steps in plan:
       if only and not any(k in label for k in only):
         continue
-      run = run_method(model, data, method, rules, lr, steps, args.beams, max_decode, vocab)
+      run = run_method(model, data, method, rules, lr, steps, args.beams, max_decode, vocab,
+                       strategy=args.strategy)
       texts = run.pop('texts')
       rows.append({'dataset': dataset, 'method': label, 'share': 100 * run['stored'] / total,
                    **run, **score(dataset, texts, data['test'], args.bootstrap)})

@@ -25,6 +25,48 @@ def test_markdown_row_shows_kept_share_interval_and_seen_unseen():
                   '11.2 (10.1-12.3) | 40.0 | 30.5 | 14.0 / 8.0 |')
 
 
+def test_backbone_names_and_decoder_only_training_batches():
+  import numpy as np
+  import table_to_text
+  from jaxpt.assets import mini_gpt2_path, mini_t5_path
+  from jaxpt.models.config import T5Config
+  from jaxpt.models.decoder_config import decoder_preset
+  assert table_to_text.backbone_path('mini_gpt2') == mini_gpt2_path()
+  assert table_to_text.backbone_path('mini_t5') == mini_t5_path()
+  assert table_to_text.backbone_path('/some/dir') == '/some/dir'
+  data = {'train_inputs': np.array([[5, 6, 1, 0], [7, 1, 0, 0]], np.int32),
+          'train_rows': np.arange(2),
+          'train_targets': np.array([[8, 9, 1], [10, 1, 0]], np.int32)}
+  seq2seq = table_to_text.training_batches(T5Config(), data, 0)(0)
+  causal = table_to_text.training_batches(decoder_preset('gpt2', 'tiny'), data, 0)(0)
+  assert 'encoder_input_tokens' in seq2seq and 'encoder_input_tokens' not in causal
+  for row in range(table_to_text.BATCH):
+    inputs, targets = seq2seq['encoder_input_tokens'][row], seq2seq['decoder_target_tokens'][row]
+    n_in, n_out = int((inputs != 0).sum()), int((targets != 0).sum())
+    np.testing.assert_array_equal(causal['decoder_target_tokens'][row][:n_in + n_out],
+                                  np.concatenate([inputs[:n_in], targets[:n_out]]))
+    np.testing.assert_array_equal(causal['decoder_loss_weights'][row][:n_in + n_out],
+                                  [0] * n_in + [1] * n_out)
+
+
+@pytest.mark.slow
+def test_quick_run_on_the_mini_gpt2_decodes_greedily(shared_data, tmp_path):
+  if not (shared_data / 'nlg').is_dir():
+    pytest.skip(f'no NLG data at {shared_data / "nlg"}')
+  env = dict(os.environ, JAXPT_DATA_DIR=str(shared_data))
+  proc = subprocess.run([sys.executable, str(REPO_ROOT / 'benchmarks' / 'table_to_text.py'),
+                         '--quick', '--datasets', 'e2e', '--only', 'no tuning|prefix',
+                         '--backbone', 'mini_gpt2', '--strategy', 'greedy',
+                         '--out_dir', str(tmp_path)], env=env, capture_output=True, text=True,
+                        timeout=1800)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = json.loads((tmp_path / 'results.json').read_text())['rows']
+  assert [r['method'] for r in rows] == ['no tuning', 'prefix tuning (MLP) P=10']
+  assert rows[1]['trainable'] > rows[1]['stored'] > 0
+  table = (tmp_path / 'table.md').read_text()
+  assert 'Backbone mini_gpt2' in table and 'greedy' in table
+
+
 @pytest.mark.slow
 def test_quick_run_scores_every_method_on_both_datasets(shared_data, tmp_path):
   if not (shared_data / 'nlg').is_dir():

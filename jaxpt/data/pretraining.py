@@ -1,4 +1,4 @@
-"""Span-corruption / prefix-LM batches, without TensorFlow.
+"""Span-corruption / prefix-LM / causal-LM batches, without TensorFlow.
 
 The same examples as the SeqIO tasks `corpus_span_corruption*` and
 `corpus_prefix_lm*` (`tasks.objectives.objective_examples` over
@@ -13,7 +13,7 @@ from typing import Dict, Iterator, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
-from jaxpt.data.features import pad_rows, shift_right
+from jaxpt.data.features import decoder_only_features, pad_rows, shift_right
 from jaxpt.vocabulary import EOS_ID, Vocabulary
 
 
@@ -49,3 +49,19 @@ def _features(pairs: Sequence[Tuple[np.ndarray, np.ndarray]], lengths: Mapping[s
                  lengths['targets'])
   return {'encoder_input_tokens': enc, 'decoder_input_tokens': shift_right(tgt),
           'decoder_target_tokens': tgt}
+
+
+def causal_lm_rows(documents: Sequence[Sequence[int]], length: int) -> np.ndarray:
+  """Documents joined (each followed by EOS) and cut into rows of `length` (int32
+  [rows, length]); the last row is 0-padded."""
+  stream = np.concatenate([np.asarray(list(d) + [EOS_ID], np.int32) for d in documents])
+  rows = -(-len(stream) // length)
+  out = np.zeros((rows * length,), np.int32)
+  out[:len(stream)] = stream
+  return out.reshape(rows, length)
+
+
+def causal_lm_batch(rows: np.ndarray) -> Dict[str, np.ndarray]:
+  """Next-token features of whole rows (a loss on every real token): T5X's decoder-only
+  layout with empty inputs, the decoder input being the row shifted right behind 0."""
+  return decoder_only_features(np.zeros((len(rows), 0), np.int32), rows)
