@@ -156,3 +156,46 @@ def test_tiny_top_p_is_greedy_for_both_families(backbone):
       np.asarray(decoding.sample_decode(module, backbone, enc, 4, jax.random.key(0),
                                         temperature=3.0, top_p=1e-6)),
       np.asarray(decoding.greedy_decode(module, backbone, enc, 4)))
+
+
+def _strip_after_eos(tokens: np.ndarray, eos: int) -> np.ndarray:
+  """0 after the first EOS (transformers fills finished beams with EOS)."""
+  after = np.cumsum(tokens == eos, axis=-1) - (tokens == eos)
+  return np.where(after > 0, 0, tokens)
+
+
+@pytest.mark.slow  # ~60 s on 2 CPU cores (torch, three beam searches each side)
+def test_beams_equal_transformers_gpt2(tmp_path):
+  torch = pytest.importorskip('torch')
+  import jaxpt
+  from tests import hf_fixtures
+  hf = hf_fixtures.gpt2()
+  with torch.no_grad():  # make EOS (1) likely, so hypotheses end at different lengths
+    hf.transformer.wte.weight[1] *= 6.0
+  hf.save_pretrained(tmp_path)
+  model = jaxpt.load_model(tmp_path)
+  eos, steps = model.config.eos_token_id, 8
+  enc = np.random.RandomState(0).randint(2, model.config.vocab_size, (3, 5)).astype(np.int32)
+  # jaxpt's row is the start id 0 then the inputs; transformers is given the same ids.
+  ids = torch.tensor(np.concatenate([np.zeros((3, 1), np.int32), enc], 1), dtype=torch.long)
+  ended = []
+  for length_penalty in (1.0, 2.0, 0.0):
+    with torch.no_grad():
+      ref = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), num_beams=4,
+                        num_return_sequences=4, do_sample=False, max_new_tokens=steps,
+                        length_penalty=length_penalty, early_stopping=False,
+                        output_scores=True, return_dict_in_generate=True, pad_token_id=0)
+    ref_tokens = np.zeros((3, 4, steps), np.int32)
+    generated = ref.sequences.numpy()[:, ids.shape[1]:].reshape(3, 4, -1)
+    ref_tokens[..., :generated.shape[-1]] = _strip_after_eos(generated, eos)
+    tokens, scores = jax.jit(lambda p, x, lp=length_penalty: model.prompted.beam_search(
+        p, x, steps, num_beams=4, length_penalty=lp))(model.all_params, jnp.asarray(enc))
+    np.testing.assert_array_equal(np.asarray(tokens), ref_tokens)
+    np.testing.assert_allclose(np.asarray(scores), ref.sequences_scores.numpy().reshape(3, 4),
+                               atol=1e-5, rtol=1e-5)
+    ended.append((np.asarray(tokens) == eos).any(-1))
+  # Hypotheses ended by EOS and hypotheses cut at the length limit both occur.
+  assert np.any(ended) and not np.all(ended)
+  # The numpy front end returns the best beam.
+  np.testing.assert_array_equal(model.generate(enc, steps, strategy='beam', num_beams=4,
+                                               length_penalty=0.0), tokens[:, 0])
