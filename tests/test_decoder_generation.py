@@ -140,6 +140,7 @@ def test_top_p_samples_lie_in_the_nucleus_and_top_p_1_is_plain_sampling():
     np.testing.assert_array_equal(np.asarray(plain(i, logits)), np.asarray(want))
 
 
+@pytest.mark.slow  # ~50 s on 2 busy CPU cores (a T5 and a Llama compiled twice)
 def test_tiny_top_p_is_greedy_for_both_families(backbone):
   m, params = _model('llama', MULTI['prefix'])
   m = DecoderOnlyModel(m.config.replace(eos_token_id=95), m.method)
