@@ -51,6 +51,7 @@ __version__ = '0.1.0'
 #   jaxpt.methods.shared_prompt       an MPT checkpoint's shared prompt P* (target adaptation)
 #   jaxpt.train.make_optimizer        the optax recipes
 #   jaxpt.assets.mini_t5_path         the committed mini backbone's directory
+#   jaxpt.assets.mini_gpt2_path       the committed mini GPT-2's directory
 # The repository's gin/ directory (when present) goes on gin's search path, after the working
 # directory, so `include 'models/t5_1_1/base.gin'` resolves as under `jaxpt train`.
 
@@ -60,7 +61,7 @@ def _register_gin() -> None:
 
   import gin
 
-  from jaxpt.assets import mini_t5_path
+  from jaxpt.assets import mini_gpt2_path, mini_t5_path
   from jaxpt.methods.registry import METHODS
   from jaxpt.checkpoints.transfer import shared_prompt, source_prompt
   from jaxpt.train.optim import make_optimizer
@@ -73,6 +74,7 @@ def _register_gin() -> None:
   gin.external_configurable(shared_prompt, module='jaxpt.methods')
   gin.external_configurable(make_optimizer, module='jaxpt.train')
   gin.external_configurable(mini_t5_path, module='jaxpt.assets')
+  gin.external_configurable(mini_gpt2_path, module='jaxpt.assets')
   gin_dir = pathlib.Path(__file__).resolve().parents[1] / 'gin'
   if (gin_dir / 'runs' / 'train.gin').is_file():  # a source checkout, not site-packages/gin
     gin.add_config_file_search_path(str(gin_dir))

@@ -207,7 +207,8 @@ def backbone_vocabulary(backbone_path: Optional[str] = None) -> Vocabulary:
   """The vocabulary that goes with a backbone: the one entry point for tokenizers.
 
   A backbone directory that ships its SentencePiece model (`spiece.model`: HF
-  T5 directories, jaxpt's mini T5) uses it; a GPT-2 / Llama directory its
+  T5 directories, jaxpt's mini T5; in a GPT-2 / Llama directory such as jaxpt's mini
+  GPT-2, without T5's sentinel ids) uses it; a GPT-2 / Llama directory its
   `tokenizer.json` (`TokenizerVocabulary`, EOS from config.json); otherwise (T5X
   checkpoints, a random init, no path) T5's public vocabulary (`default_vocab_path`).
   """
@@ -219,4 +220,7 @@ def backbone_vocabulary(backbone_path: Optional[str] = None) -> Vocabulary:
     raise FileNotFoundError(
         f'{backbone_path} is a {_hf_config(backbone_path)["model_type"]} directory without '
         f'its tokenizer ({TOKENIZER_FILE}): save it there (tokenizer.save_pretrained(dir))')
+  if own and backbone_path and _is_decoder_dir(backbone_path):
+    # A decoder-only model has no span-corruption sentinels (jaxpt's mini GPT-2).
+    return Vocabulary(own, extra_ids=0)
   return Vocabulary(own or default_vocab_path())

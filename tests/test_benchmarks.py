@@ -1,5 +1,5 @@
 """benchmarks/interleave.py (the timing method), throughput.py's batching plans, and the
-throughput benchmark's --quick run end to end."""
+throughput and generation benchmarks' --quick runs end to end."""
 
 from __future__ import annotations
 
@@ -118,6 +118,30 @@ def test_throughput_quick_prints_the_table_and_its_ratios(shared_data, tmp_path)
   assert 'rte/mini: jaxpt_padded vs peft_dynamic' in record['ratios']
   for stats in record['ratios'].values():
     assert stats['min'] <= stats['median'] <= stats['max'] and stats['median'] > 0
+  assert 'load avg' in proc.stdout and 'run: ' in proc.stdout
+
+
+@pytest.mark.slow  # ~70 s on 2 busy CPU cores
+def test_generation_quick_times_every_config_on_the_same_tokens(tmp_path):
+  pytest.importorskip('peft')
+  out = tmp_path / 'generation.json'
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  proc = subprocess.run([sys.executable, str(REPO_ROOT / 'benchmarks' / 'generation.py'),
+                         '--quick', '--json', str(out)], env=env, capture_output=True,
+                        text=True, cwd=REPO_ROOT, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert '| config | compile / first call s | median call s | tokens/s |' in proc.stdout
+  record = json.loads(out.read_text())
+  import generation
+  assert [r['config'] for r in record['rows']] == list(generation.CONFIGS)
+  for r in record['rows']:
+    assert r['tokens/s'] > 0 and len(r['times']) == record['args']['rounds']
+  assert set(record['ratios']) == {f'{a} vs {b}' for a, b in generation.RATIOS}
+  # Cached and re-encoded decoding (and peft without its cache) pick the same tokens.
+  same = record['same_tokens']
+  assert same['jaxpt_prompt_cached vs jaxpt_prompt_reencode']
+  assert same['jaxpt_prefix_cached vs jaxpt_prefix_reencode']
+  assert same['jaxpt_prompt_cached vs peft_prompt_nocache']
   assert 'load avg' in proc.stdout and 'run: ' in proc.stdout
 
 

@@ -131,5 +131,5 @@ def test_sampling_top_k_1_is_greedy_and_samples_depend_on_the_key():
   np.testing.assert_array_equal(run(params, x, jax.random.key(0), 1), greedy)
   a, b = run(params, x, jax.random.key(0), 0), run(params, x, jax.random.key(1), 0)
   assert not np.array_equal(a, b) and np.array_equal(a, run(params, x, jax.random.key(0), 0))
-  with pytest.raises(ValueError, match='beam'):
-    m.generate(params, x, 5, strategy='beam')
+  with pytest.raises(ValueError, match='strategy'):
+    m.generate(params, x, 5, strategy='nucleus')

@@ -3,7 +3,7 @@
 Registration happens on import, as in T5X, so the gin files load with plain gin too:
   `import jaxpt`            jaxpt.preset, jaxpt.methods.<every METHODS class>,
                             jaxpt.methods.source_prompt / shared_prompt,
-                            jaxpt.train.make_optimizer, jaxpt.assets.mini_t5_path
+                            jaxpt.train.make_optimizer, jaxpt.assets.mini_t5_path / mini_gpt2_path
   `import jaxpt.cli.runs`   the runs jaxpt.train / evaluate / infer / export
   `import jaxpt.partitioning`   jaxpt.partitioning.PartitionConfig, logical_axis_rules
 Each gin file under gin/ imports the modules whose configurables it binds. Importing this

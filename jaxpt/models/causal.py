@@ -87,6 +87,14 @@ def init_cache(config: DecoderConfig, batch: int, length: int,
                  jnp.full((batch,), start, jnp.int32))
 
 
+def take_rows(cache: KVCache, rows: Array) -> KVCache:
+  """The cache whose batch row i is `cache`'s row `rows[i]` (repeats rows to beams, or
+  follows beam search's chosen parents); `rows` may be longer than the batch."""
+  return KVCache(jnp.take(cache.keys, rows, axis=1), jnp.take(cache.values, rows, axis=1),
+                 jnp.take(cache.valid, rows, axis=0), cache.index,
+                 jnp.take(cache.position, rows, axis=0))
+
+
 def rope(x: Array, positions: Array, theta: float) -> Array:
   """Rotary embedding of x [B, L, heads, D] at positions [B, L] (transformers' half split)."""
   d = x.shape[-1]

@@ -133,8 +133,10 @@ class PromptedModel(abc.ABC):
                strategy: str = 'greedy', rng: Optional[Array] = None,
                task_ids: Optional[Array] = None, num_beams: int = 4,
                length_penalty: float = 1.0, temperature: float = 1.0,
-               top_k: int = 0) -> Array:
-    """Decoded ids [batch, max_length], 0 after EOS (jit with the sizes static)."""
+               top_k: int = 0, top_p: float = 1.0) -> Array:
+    """Decoded ids [batch, max_length], 0 after EOS (jit with the sizes static): 'greedy',
+    'sample' (`rng`, `temperature`, `top_k`, `top_p`) or 'beam' (`num_beams`,
+    `length_penalty`; the best beam, as transformers' `generate(num_beams=...)`)."""
 
   def loss(self, params: Params, batch: Batch, rng: Optional[Array] = None, *,
            deterministic: Optional[bool] = None) -> Tuple[Array, Dict[str, Array]]:
@@ -198,7 +200,8 @@ class EncoderDecoderModel(PromptedModel):
                                  target_tokens, prompt=soft.prompt, prefixes=soft.prefixes)
 
   def generate(self, params, encoder_tokens, max_length, *, strategy='greedy', rng=None,
-               task_ids=None, num_beams=4, length_penalty=1.0, temperature=1.0, top_k=0):
+               task_ids=None, num_beams=4, length_penalty=1.0, temperature=1.0, top_k=0,
+               top_p=1.0):
     if strategy not in STRATEGIES:
       raise ValueError(f'strategy must be one of {STRATEGIES}, got {strategy!r}')
     soft = self.soft_inputs(params, encoder_tokens.shape[0], task_ids)
@@ -210,7 +213,8 @@ class EncoderDecoderModel(PromptedModel):
       if rng is None:
         raise ValueError("strategy 'sample' needs a PRNG key (rng)")
       return decoding.sample_decode(module, backbone, encoder_tokens, max_length, rng,
-                                    temperature=temperature, top_k=top_k, prompt=soft.prompt,
+                                    temperature=temperature, top_k=top_k, top_p=top_p,
+                                    prompt=soft.prompt,
                                     prefixes=soft.prefixes)
     return decoding.beam_search(module, backbone, encoder_tokens, max_length,
                                 num_beams=num_beams, length_penalty=length_penalty,

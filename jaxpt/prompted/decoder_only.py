@@ -26,9 +26,9 @@ from typing import Optional, Tuple
 import jax
 import jax.numpy as jnp
 
-from jaxpt.models.causal import CausalLM, Output, init_cache
+from jaxpt.models.causal import CausalLM, Output, init_cache, take_rows
 from jaxpt.prompted import decoding
-from jaxpt.prompted.base import PromptedModel
+from jaxpt.prompted.base import STRATEGIES, PromptedModel
 
 Array = jax.Array
 
@@ -106,20 +106,10 @@ class DecoderOnlyModel(PromptedModel):
     scores = scores.reshape(batch, num_labels)
     return jnp.argmax(scores, axis=-1).astype(jnp.int32), scores
 
-  def generate(self, params, encoder_tokens, max_length, *, strategy='greedy', rng=None,
-               task_ids=None, num_beams=4, length_penalty=1.0, temperature=1.0, top_k=0):
-    """Greedy or sampled ('sample': `temperature`, `top_k`, `rng`) decoding with a KV
-    cache: the prefix is written into the cache once, the prompt and inputs go through
-    in one prefill call, then one token per step."""
-    if strategy not in ('greedy', 'sample'):
-      raise ValueError(f"decoder-only models decode with strategy 'greedy' or 'sample', got "
-                       f'{strategy!r} (no beam search yet)')
-    if strategy == 'sample' and rng is None:
-      raise ValueError("strategy 'sample' needs a PRNG key (rng)")
-    if strategy == 'sample':
-      choose = decoding.sampling_choice(rng, temperature, top_k)
-    else:
-      choose = lambda i, logits: jnp.argmax(logits, axis=-1)
+  def _prefill(self, params, encoder_tokens, max_length, task_ids):
+    """(step, logits of the first generated token [batch, vocab], cache): the prefix
+    written into a cache of room for `max_length` more tokens, then the prompt and
+    inputs in one call; step(cache, tokens [rows]) -> (logits [rows, vocab], cache)."""
     inputs, valid = start_and_inputs(encoder_tokens)
     batch, length = inputs.shape
     prompt, prefix = self._prompt_and_prefix(params, batch, task_ids)
@@ -127,18 +117,63 @@ class DecoderOnlyModel(PromptedModel):
     cache = init_cache(self.config, batch, self.method.prompt_length + length + max_length,
                        prefix, self.method.prefix_position)
     out = module.apply(variables, inputs, valid, prompt, None, cache)
-    first = choose(0, out.logits[:, -1]).astype(jnp.int32)
+
+    def step(cache, tokens):
+      out = module.apply(variables, tokens[:, None], jnp.ones((tokens.shape[0], 1), bool),
+                         None, None, cache)
+      return out.logits[:, -1], out.cache
+
+    return step, out.logits[:, -1], out.cache
+
+  def beam_search(self, params, encoder_tokens: Array, max_length: int, *, num_beams: int = 4,
+                  length_penalty: float = 1.0, task_ids: Optional[Array] = None
+                  ) -> Tuple[Array, Array]:
+    """Beam search with transformers' semantics (`decoding.beam_loop`, T5's bookkeeping).
+
+    Each input row is prefilled once (prefix, prompt, inputs) and its cache then
+    repeated to `num_beams` rows; every step feeds one token per beam.
+
+    Returns:
+      (tokens int32 [batch, num_beams, max_length], 0 after EOS, best first;
+       scores float32 [batch, num_beams], the length-normalized log-probabilities).
+    """
+    batch = encoder_tokens.shape[0]
+    step, first, cache = self._prefill(params, encoder_tokens, max_length, task_ids)
+    rows = jnp.repeat(jnp.arange(batch), num_beams)
+    return decoding.beam_loop(step, first[rows], take_rows(cache, rows), take_rows,
+                              batch=batch, num_beams=num_beams, max_length=max_length,
+                              eos_id=self.config.eos_token_id, pad_id=0,
+                              length_penalty=length_penalty)
+
+  def generate(self, params, encoder_tokens, max_length, *, strategy='greedy', rng=None,
+               task_ids=None, num_beams=4, length_penalty=1.0, temperature=1.0, top_k=0,
+               top_p=1.0):
+    """Greedy, sampled ('sample': `temperature`, `top_k`, `top_p`, `rng`) or beam
+    ('beam': `num_beams`, `length_penalty`; the best beam) decoding with a KV cache:
+    the prefix is written into the cache once, the prompt and inputs go through in
+    one prefill call, then one token per step (per beam)."""
+    if strategy not in STRATEGIES:
+      raise ValueError(f'strategy must be one of {STRATEGIES}, got {strategy!r}')
+    if strategy == 'beam':
+      return self.beam_search(params, encoder_tokens, max_length, num_beams=num_beams,
+                              length_penalty=length_penalty, task_ids=task_ids)[0][:, 0]
+    if strategy == 'sample' and rng is None:
+      raise ValueError("strategy 'sample' needs a PRNG key (rng)")
+    if strategy == 'sample':
+      choose = decoding.sampling_choice(rng, temperature, top_k, top_p)
+    else:
+      choose = lambda i, logits: jnp.argmax(logits, axis=-1)
+    step, logits, cache = self._prefill(params, encoder_tokens, max_length, task_ids)
+    first = choose(0, logits).astype(jnp.int32)
     eos = self.config.eos_token_id
 
-    def step(carry, i):
+    def body(carry, i):
       cache, token, done = carry
-      out = module.apply(variables, token[:, None], jnp.ones((batch, 1), bool), None, None,
-                         cache)
-      nxt = choose(i, out.logits[:, -1]).astype(jnp.int32)
+      logits, cache = step(cache, token)
+      nxt = choose(i, logits).astype(jnp.int32)
       done = done | (token == eos)
-      emitted = jnp.where(done, 0, nxt)
-      return (out.cache, nxt, done), emitted
+      return (cache, nxt, done), jnp.where(done, 0, nxt)
 
-    _, rest = jax.lax.scan(step, (out.cache, first, jnp.zeros((batch,), bool)),
+    _, rest = jax.lax.scan(body, (cache, first, jnp.zeros(first.shape, bool)),
                            jnp.arange(1, max_length))
     return jnp.concatenate([first[:, None], rest.T], axis=1)

@@ -25,9 +25,11 @@ def _compiled(model: PromptedModel):
       return model.logits(params, {'decoder_input_tokens': enc, 'decoder_target_tokens': enc})
     return model.logits(params, {'encoder_input_tokens': enc, 'decoder_input_tokens': dec})
 
-  def generate(params, enc, n, strategy, rng, num_beams, length_penalty, temperature, top_k):
+  def generate(params, enc, n, strategy, rng, num_beams, length_penalty, temperature, top_k,
+               top_p):
     return model.generate(params, enc, n, strategy=strategy, rng=rng, num_beams=num_beams,
-                          length_penalty=length_penalty, temperature=temperature, top_k=top_k)
+                          length_penalty=length_penalty, temperature=temperature, top_k=top_k,
+                          top_p=top_p)
 
   return jax.jit(logits), jax.jit(generate, static_argnums=(2, 3, 5, 8))
 
@@ -111,10 +113,11 @@ class Model:
 
   def generate(self, encoder_input_tokens: Any, max_length: int = 32, *,
                strategy: str = 'greedy', num_beams: int = 4, length_penalty: float = 1.0,
-               temperature: float = 1.0, top_k: int = 0, seed: int = 0) -> np.ndarray:
+               temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+               seed: int = 0) -> np.ndarray:
     """Decodes up to `max_length` tokens: int32 [batch, max_length], 0 after EOS.
 
-    `strategy` is 'greedy' (the default), 'sample' (`temperature`, `top_k`,
+    `strategy` is 'greedy' (the default), 'sample' (`temperature`, `top_k`, `top_p`,
     PRNG `seed`) or 'beam' (`num_beams`, `length_penalty`; the best beam,
     as transformers' `generate(num_beams=...)`). See `jaxpt.prompted.decoding`.
     """
@@ -129,7 +132,7 @@ class Model:
     _, generate = _compiled(self.prompted)
     out = generate(self.all_params, jnp.asarray(enc), int(max_length), strategy,
                    jax.random.key(seed), int(num_beams), float(length_penalty),
-                   float(temperature), int(top_k))
+                   float(temperature), int(top_k), float(top_p))
     return np.asarray(out)
 
   def num_params(self) -> int:
