@@ -211,3 +211,38 @@ def test_train_and_eval_on_a_seqio_task_with_a_random_gpt2(tmp_path, capsys):
   record = json.loads((tmp_path / 'run' / 'eval_metrics.jsonl').read_text().splitlines()[-1])
   assert record['task'] == 'synthetic_two_class' and record['examples'] == 8
   assert 0.0 <= record['accuracy'] <= 100.0
+
+
+# ------------------------------------------------------------------------ the mini GPT-2
+
+
+def test_mini_gpt2_reads_the_mini_vocabulary_without_sentinels():
+  from jaxpt.assets import mini_gpt2_path, mini_t5_path
+  from jaxpt.vocabulary import backbone_vocabulary
+  gpt2, t5 = backbone_vocabulary(mini_gpt2_path()), backbone_vocabulary(mini_t5_path())
+  assert gpt2.path.endswith('spiece.model') and gpt2.extra_ids == 0
+  assert gpt2.vocab_size == 8000 == jaxpt.load_model(mini_gpt2_path()).config.vocab_size
+  assert t5.vocab_size == 8100  # the mini T5 keeps T5's 100 sentinels
+  text = 'a pretrained toy'
+  assert list(gpt2.encode(text)) == list(t5.encode(text))
+
+
+@pytest.mark.slow  # about 30 s: SeqIO, compile, beam-free greedy eval of 4 examples
+def test_mini_gpt2_trains_on_a_seqio_generation_task(tmp_path, capsys, monkeypatch,
+                                                      shared_data):
+  """models/gpt2/mini.gin with e2e_local_mini (the mini vocabulary, 8100 ids with T5's
+  sentinels) on the 8000-row mini GPT-2: accepted (same SentencePiece model, text never
+  holds sentinels), trained, and evaluated by BLEU."""
+  monkeypatch.setenv('JAXPT_DATA_DIR', str(shared_data))
+  run = tmp_path / 'run'
+  out = _main(['train', '--gin_file=models/gpt2/mini.gin', '--gin_file=methods/prefix_tuning.gin',
+               '--gin_file=runs/train.gin', f"--gin.MODEL_DIR='{run}'",
+               "--gin.MIXTURE_OR_TASK_NAME='e2e_local_mini'",
+               "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 48}",
+               '--gin.TRAIN_STEPS=2', '--gin.BATCH_SIZE=4', '--gin.jaxpt.train.eval_examples=4'],
+              capsys)
+  assert 'mini_gpt2' in out and 'train loss' in out
+  records = [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines()]
+  evals = [r for r in records if r['split'] == 'eval']
+  assert evals and all(0.0 <= r['bleu'] <= 100.0 and 'rouge_l' in r for r in evals)
+  assert 'eval bleu' in out.splitlines()[-1]

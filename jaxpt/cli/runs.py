@@ -443,6 +443,10 @@ def _check_vocabulary(vocab: Any, embedding_rows: int, checkpoint: Optional[str]
           f'{checkpoint} ships ({shipped}): this data is tokenized for another backbone. '
           f'{_WHICH_GOES_WITH_WHICH}')
   vocab_size = getattr(vocab, 'vocab_size', None)
+  if shipped is not None:
+    # The backbone's own pieces: T5's sentinel ids on top of them come only from span
+    # corruption, which a backbone without them (jaxpt's mini GPT-2) is never run on.
+    vocab_size -= getattr(vocab, 'extra_ids', 0) or 0
   if vocab_size is not None and vocab_size > embedding_rows:
     raise ValueError(
         f'the vocabulary has {vocab_size} ids but the backbone '
@@ -648,10 +652,11 @@ def _say_end(model_dir: str, result: Any) -> None:
   last = {}
   for record in result.history:
     last[record.get('split', 'train')] = record
-  shown = '; '.join(f'{split} ' + ', '.join(f'{k} {v:.4g}' for k, v in sorted(r.items())
-                                            if k in ('loss', 'accuracy', 'token_accuracy')
-                                            and isinstance(v, float))
-                    for split, r in sorted(last.items()))
+  shown_keys = ('loss', 'accuracy', 'token_accuracy', 'bleu', 'rouge_l')
+  parts = {split: ', '.join(f'{k} {v:.4g}' for k, v in sorted(r.items())
+                            if k in shown_keys and isinstance(v, float))
+           for split, r in sorted(last.items())}
+  shown = '; '.join(f'{split} {text}' for split, text in parts.items() if text)
   print(f'trained {result.step} steps; wrote {", ".join(written)} in {model_dir}'
         + (f'; last {shown}' if shown else ''), flush=True)
 
