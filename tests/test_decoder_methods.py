@@ -106,8 +106,6 @@ def test_template_padding_sides_scores_and_cached_generate(family):
   np.testing.assert_array_equal(cached, _greedy_uncached(m, params, right, 6))
   np.testing.assert_array_equal(np.asarray(generate(params, jnp.asarray(left))), cached)
   assert len({tuple(r) for r in cached}) > 1  # the outputs depend on the input
-  beams = m.generate(params, jnp.asarray(right), 4, strategy='beam', num_beams=1)
-  np.testing.assert_array_equal(np.asarray(beams), cached[:, :4])  # one beam is greedy
 
 
 @pytest.mark.parametrize('family', ['gpt2', 'llama'])
