@@ -145,6 +145,13 @@ def _export_prompt(config: T5Config, method: PromptTuning,
 def _export_p_tuning(config: T5Config, method: PTuning,
                      params: Dict[str, Any]) -> Tuple[np.ndarray, Dict[str, Any]]:
   template = method.parsed_template
+  if template is not None and _causal(config):
+    raise ValueError(
+        f'template {method.template!r}: on a decoder-only model a template places the prompt '
+        f"after the row's start id (jaxpt.prompted.decoder_only), while peft P_TUNING "
+        f'prepends its virtual tokens before every input id, so peft would run a different '
+        f"model. Only template='' (the prompt in front) exports to peft; keep this prompt as "
+        f'a jaxpt checkpoint')
   if template is not None and not template.prefix_only:
     raise ValueError(
         f'template {method.template!r} places prompt tokens inside the input, and peft '

@@ -13,7 +13,12 @@ real tokens (padding anywhere, left or right, is masked out as a key). Each
 position is the number of valid positions before it, so soft prompt rows take
 positions 0..P-1 and the first real token P, whatever the padding: left- and
 right-padded rows give the same per-token results. The soft prompt goes before
-everything the caller passes, BOS included (as peft does). Prefix keys/values
+everything the caller passes, BOS included (as peft does). A `PlacedPrompt`
+(P-tuning templates) adds no rows: its vectors replace the tokens marked
+`prompt_marker(k)` (negative ids, valid like real tokens), so a placed vector
+takes the position of the token it stands in for (GPT-2: that row of the
+learned table is added to it; Llama: its query/key are rotated by it) and
+attends / is attended to causally like that token. Prefix keys/values
 (prefix tuning) take no position: they enter attention as given (no RoPE), and
 tokens start at position 0 (`prefix_position='offset'`: at P, as
 transformers' `past_key_values`).
@@ -27,7 +32,7 @@ slots once (`init_cache`), never re-sent per step.
 from __future__ import annotations
 
 import functools
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple, Union
 
 import flax.linen as nn
 import jax
@@ -38,6 +43,7 @@ from jaxpt.models.attention import NEG_INF
 from jaxpt.models.decoder_config import DecoderConfig
 from jaxpt.models.layers import (MLP, Dense, Embed, LayerNorm, RMSNorm, normal,
                                  remat_layer)
+from jaxpt.models.t5 import PlacedPrompt, place_prompt
 
 Array = jax.Array
 # Stacked per-layer keys and values, each [layers, batch (or 1), prefix_len, kv_heads, head_dim].
@@ -244,14 +250,17 @@ class CausalLM(nn.Module):
   prefix_position: str = 'none'
 
   @nn.compact
-  def __call__(self, tokens: Array, valid: Array, prompt: Optional[Array] = None,
+  def __call__(self, tokens: Array, valid: Array,
+               prompt: Union[None, Array, PlacedPrompt] = None,
                prefix: Optional[Prefix] = None, cache: Optional[KVCache] = None,
                deterministic: bool = True) -> Output:
     """Logits of `[prompt; tokens]` (see `Output`).
 
     Args:
       tokens: int [B, L]; valid: bool [B, L] (False: padding, masked as a key).
-      prompt: soft prompt [P, d] or [B, P, d], before the tokens.
+        With a `PlacedPrompt`, ids -(k + 1) mark where its row k goes (valid).
+      prompt: soft prompt [P, d] or [B, P, d], before the tokens; or a
+        `PlacedPrompt`, whose rows replace the marked tokens (no extra rows).
       prefix: stacked per-layer (keys, values) [layers, B or 1, P, kv_heads, D];
         not with `cache` (`init_cache` holds it then).
       cache: a `KVCache`; the new positions are written at `cache.index`.
@@ -263,8 +272,13 @@ class CausalLM(nn.Module):
     if prefix is not None and cache is not None:
       raise ValueError('a cached call takes its prefix from init_cache, not `prefix`')
     embedder = Embed(cfg, 0.02, name='token_embedder')  # transformers' initializer_range
-    x = embedder(tokens)
     valid = valid.astype(bool)
+    if isinstance(prompt, PlacedPrompt):
+      x = place_prompt(embedder(jnp.maximum(tokens, 0)), tokens, prompt.vectors,
+                       prompt.task_ids)
+      prompt = None
+    else:
+      x = embedder(tokens)
     if prompt is not None:
       prompt = jnp.broadcast_to(prompt, (tokens.shape[0],) + prompt.shape[-2:]).astype(x.dtype)
       x = jnp.concatenate([prompt, x], axis=1)

@@ -4,17 +4,20 @@ Batches use T5X's decoder-only feature layout: inputs and targets concatenated
 into `decoder_target_tokens`, `decoder_input_tokens` its shift right (0 first),
 `decoder_loss_weights` 1 on the target part only (`jaxpt.data.features.
 decoder_only_features` builds them). Id 0 is padding (T5X's rule), so position
-i is real iff `decoder_target_tokens[i] > 0`. T5X's `decoder_causal_attention`
+i is real iff `decoder_target_tokens[i] != 0`. T5X's `decoder_causal_attention`
 (a bidirectional prefix LM) is not modelled: attention is causal everywhere.
 
 Soft inputs (see `jaxpt.models.causal` for positions): a prompt goes before
 the whole sequence (before any BOS the caller put first) and takes positions
-0..P-1; prefixes (prefix tuning, deep prompts) are keys/values in every layer
-taking no positions. `score`, `score_targets` and `generate` take `encoder_tokens`,
-the inputs, 0-padded on either side: the row is the start id 0 then the inputs
-left-aligned (real tokens last), as a training row begins, so targets and
-generated tokens follow the last real input token and left- and right-padded
-inputs give the same results. For a GPT-2 / Llama vocabulary id 0 is a real
+0..P-1; a placed prompt (P-tuning with a template: `Template.build` marks
+prompt row k with the id -(k + 1) inside the inputs, after the start id)
+replaces its markers, which are real positions like tokens (hence `!= 0`
+above); prefixes (prefix tuning, deep prompts) are keys/values in every layer
+taking no positions. `score`, `score_targets` and `generate` take
+`encoder_tokens`, the inputs (markers included), 0-padded on either side: the
+row is the start id 0 then the inputs left-aligned (real tokens last), as a
+training row begins, so targets and generated tokens follow the last real
+input token and left- and right-padded inputs give the same results. For a GPT-2 / Llama vocabulary id 0 is a real
 word ('!' / '<unk>'): jaxpt batches cannot hold it, and it starts every row.
 """
 
@@ -60,9 +63,8 @@ class DecoderOnlyModel(PromptedModel):
     return CausalLM(self.config, self.method.prefix_position)
 
   def _prompt_and_prefix(self, params, batch_size, task_ids):
-    if self.method.places_prompt:
-      raise ValueError('placed prompts (P-tuning templates) are not supported on '
-                       'decoder-only models yet')
+    """(prompt: [P, d] / [B, P, d] before the row, a `PlacedPrompt`, or None; the
+    decoder self-attention prefix or None)."""
     soft = self.soft_inputs(params, batch_size, task_ids)
     return soft.prompt, (soft.prefixes or {}).get('decoder_self')
 
@@ -81,7 +83,7 @@ class DecoderOnlyModel(PromptedModel):
 
   def logits_and_hidden(self, params, batch, *, deterministic=True, rng=None):
     tokens = batch['decoder_input_tokens']
-    valid = batch['decoder_target_tokens'] > 0
+    valid = batch['decoder_target_tokens'] != 0  # placed-prompt markers are negative
     out, p = self.forward(params, tokens, valid, batch.get('task_ids'), deterministic, rng)
     return out.logits[:, p:], out.hidden, out.valid
 

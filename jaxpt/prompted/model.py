@@ -83,8 +83,9 @@ class Model:
     """Teacher-forced logits.
 
     A T5 backbone takes both arrays; a decoder-only (GPT-2 / Llama) backbone takes one,
-    `model.logits(tokens)`: int [batch, length] with 0 as padding on either side, the
-    logits of every position (after any soft prompt), as transformers gives them with
+    `model.logits(tokens)`: int [batch, length] with 0 as padding on either side (and
+    P-tuning template markers -(k + 1) where prompt row k goes), the logits of every
+    position (after any soft prompt), as transformers gives them with
     `attention_mask = tokens != 0` and `position_ids = cumsum(mask) - 1`.
 
     Args:
@@ -98,7 +99,8 @@ class Model:
     if isinstance(self.config, DecoderConfig):
       if decoder_input_tokens is not None:
         raise ValueError('a decoder-only backbone takes one token array: model.logits(tokens)')
-      tokens = _check_tokens('tokens', encoder_input_tokens, self.config.vocab_size)
+      tokens = _check_tokens('tokens', encoder_input_tokens, self.config.vocab_size,
+                             self._min_input_id())
       logits, _ = _compiled(self.prompted)
       return np.asarray(logits(self.all_params, jnp.asarray(tokens), None), np.float32)
     if decoder_input_tokens is None:
