@@ -25,7 +25,8 @@ are none: change the run (`--gin.jaxpt.preset.scan_layers=True`) to plan it.
 
 The memory to judge against is the target's: DEVICE_MEMORY_GIB, set by the
 gin/partitioning/ file of each target (xxl_gpu.gin: one 80 GB GPU, xxl_v3_32.gin:
-16 GiB v3 cores, xxl_v4_8.gin and xxl_v4_32.gin: 32 GiB v4 chips), or
+16 GiB v3 cores, xxl_v4_8.gin and xxl_v4_32.gin: 32 GiB v4 chips; llama_*.gin: the same
+targets for GPT-2 / Llama backbones, and llama_gpu8.gin: 8 GPUs of 80 GB), or
 `--device_memory_gib`; unset, a GPU/TPU's own memory limit, and on CPU no verdict.
 
 `--num_devices=N` plans for N devices on this machine: the command re-runs
