@@ -73,6 +73,8 @@ def context(rel: str) -> Tuple[List[str], List[str]]:
     return [TINY, rel, TRAIN], RUN_MACROS + extra
   if rel.startswith('partitioning/xxl'):
     return ['models/t5_1_1/xxl.gin', PROMPT, TRAIN, rel], RUN_MACROS
+  if rel.startswith('partitioning/llama'):
+    return ['models/llama/llama3_8b.gin', PROMPT, TRAIN, rel], RUN_MACROS
   return [TINY, PROMPT, TRAIN] + ([] if rel == TRAIN else [rel]), RUN_MACROS
 
 

@@ -9,7 +9,9 @@ spy lowers and compiles that very object on the arguments the loop passes it.
 The two compiled programs must be the same HLO (equal fingerprints) with the
 same memory analysis: once for a random-init backbone with scanned layers, and
 once from a checkpoint (which `jaxpt train` runs with the settings of
-`jaxpt.cli.runs.run_config`), with non-zero Z_LOSS and LABEL_SMOOTHING.
+`jaxpt.cli.runs.run_config`), with non-zero Z_LOSS and LABEL_SMOOTHING; then for
+decoder-only backbones (a tiny Llama whose 2 kv heads do not divide model
+parallel 4, a tiny GPT-2), whose batches are T5X's decoder-only rows.
 """
 
 from __future__ import annotations
@@ -36,17 +38,31 @@ BINDINGS = ['NUM_PARTITIONS = 2', 'BATCH_SIZE = 8', "MIXTURE_OR_TASK_NAME = 'syn
             # `jaxpt plan` compiles the unpacked step (T5X's fixed lengths); a packed run
             # (PACK = True) feeds segment ids and positions too, another program.
             'PACK = False']
+# Decoder-only runs (random backbones on the T5-tokenized synthetic task: 512 ids), each with
+# its own mesh: the tiny Llama's 2 kv heads on model parallel 4 (GQA with fewer kv heads than
+# model shards, as Llama 3 70B's 8 on a v4-32's 16).
+DECODER_GIN = {'llama': ['models/llama/tiny.gin', 'NUM_PARTITIONS = 4'],
+               'gpt2': ['models/gpt2/tiny.gin', 'NUM_PARTITIONS = 2',
+                        "TASK_FEATURE_LENGTHS = {'inputs': 40, 'targets': 4}"]}
+DECODER_BINDINGS = ['jaxpt.decoder_preset.vocab_size = 512',
+                    "jaxpt.decoder_preset.remat_policy = 'full'",
+                    'jaxpt.decoder_preset.scan_layers = True']
 # The target files: (devices, mesh (data, model), GiB per device, name).
 TARGETS = {'partitioning/xxl_gpu.gin': (1, (1, 1), 80, 'A100/H100 80 GB'),
            'partitioning/xxl_v3_32.gin': (32, (4, 8), 16, 'TPU v3 core'),
            'partitioning/xxl_v4_8.gin': (4, (1, 4), 32, 'TPU v4 chip'),
-           'partitioning/xxl_v4_32.gin': (16, (1, 16), 32, 'TPU v4 chip')}
+           'partitioning/xxl_v4_32.gin': (16, (1, 16), 32, 'TPU v4 chip'),
+           'partitioning/llama_gpu.gin': (1, (1, 1), 80, 'A100/H100 80 GB'),
+           'partitioning/llama_gpu8.gin': (8, (1, 8), 80, 'A100/H100 80 GB'),
+           'partitioning/llama_v4_8.gin': (4, (1, 4), 32, 'TPU v4 chip'),
+           'partitioning/llama_v4_32.gin': (16, (1, 16), 32, 'TPU v4 chip')}
 
 
 # ------------------------------------------------------------------ the child process
 
 
-def _scenario(name: str, tmp: pathlib.Path, extra: List[str]) -> Dict[str, Any]:
+def _scenario(name: str, tmp: pathlib.Path, extra: List[str],
+              gin_files: List[str] = GIN_FILES) -> Dict[str, Any]:
   import gin
 
   from jaxpt import partitioning as pt
@@ -54,7 +70,7 @@ def _scenario(name: str, tmp: pathlib.Path, extra: List[str]) -> Dict[str, Any]:
   from jaxpt.train.sharding import ShardedStep
 
   gin.clear_config()
-  gin_flags.parse(GIN_FILES, BINDINGS + [f"MODEL_DIR = '{tmp / name}'"] + extra)
+  gin_flags.parse(gin_files, BINDINGS + [f"MODEL_DIR = '{tmp / name}'"] + extra)
   plan._inherit_bindings()  # what `jaxpt plan` does after parsing
   planned = plan.plan(full_tuning=False)[0]
 
@@ -75,7 +91,7 @@ def _scenario(name: str, tmp: pathlib.Path, extra: List[str]) -> Dict[str, Any]:
     runs.train()
   finally:
     ShardedStep.__call__ = call
-  scan = gin.query_parameter('jaxpt.preset.scan_layers')
+  scan = gin.query_parameter(f"jaxpt.{'decoder_' if name in DECODER_GIN else ''}preset.scan_layers")
   gin.clear_config()
   return {'plan': planned, 'train': ran, 'gin_scan_layers': scan}
 
@@ -94,6 +110,9 @@ def _child(tmp: str) -> None:
   out = {'random': _scenario('random', tmp_path, ['INITIAL_CHECKPOINT_PATH = None']),
          'checkpoint': _scenario('checkpoint', tmp_path,
                                  [f"INITIAL_CHECKPOINT_PATH = '{checkpoint}'"])}
+  for family, (model_gin, *extra) in DECODER_GIN.items():
+    out[family] = _scenario(family, tmp_path, DECODER_BINDINGS + extra,
+                            [model_gin] + GIN_FILES[1:])
   print(json.dumps(out))
 
 
@@ -128,6 +147,27 @@ def test_plan_compiles_the_program_train_runs(compiled, scenario):
   assert planned['fingerprint'] == ran['fingerprint'], (planned, ran)
   assert {k: planned[k] for k in MEMORY} == {k: ran[k] for k in MEMORY}
   assert planned['mesh'] == {'data': 4, 'model': 2} and planned['temporaries'] > 0
+
+
+@pytest.mark.parametrize('family', sorted(DECODER_GIN))
+def test_plan_compiles_the_decoder_only_program_train_runs(compiled, family):
+  r = compiled[family]
+  planned, ran = r['plan'], r['train']
+  assert r['gin_scan_layers'] and len(ran) == 1
+  ran = ran[0]
+  # T5X's decoder-only rows: inputs (less the prompt) then targets, float32 loss weights.
+  inputs = 40 if family == 'gpt2' else 64
+  row = [8, inputs - 4 + 4]
+  assert ran['batch'] == {'decoder_input_tokens': [row, 'int32'],
+                          'decoder_target_tokens': [row, 'int32'],
+                          'decoder_loss_weights': [row, 'float32']}, ran['batch']
+  assert planned['fingerprint'] == ran['fingerprint'], (planned, ran)
+  assert {k: planned[k] for k in MEMORY} == {k: ran[k] for k in MEMORY}
+  model = 4 if family == 'llama' else 2
+  assert planned['mesh'] == {'data': 8 // model, 'model': model}
+  assert planned['trained_params'] == 4 * 16  # the prompt: 4 x d_model 16
+  # The frozen weights are partitioned: one device holds well under all of them (float32).
+  assert planned['frozen_params'] < 4 * (planned['total_params'] - 64) * 0.75
 
 
 def test_the_target_memory_judges(compiled):
@@ -174,13 +214,19 @@ def test_target_files_set_mesh_and_memory(rel):
   from jaxpt.cli import gin_flags
 
   devices, (data, model), gib, name = TARGETS[rel]
+  decoder = 'llama_' in rel  # GPT-2 / Llama: jaxpt.decoder_preset's fields
+  preset = 'jaxpt.decoder_preset' if decoder else 'jaxpt.preset'
+  model_gin = 'models/llama/llama3_8b.gin' if decoder else 'models/t5_1_1/xxl.gin'
   try:
-    gin_flags.parse(['models/t5_1_1/xxl.gin', 'methods/prompt_tuning.gin', 'runs/train.gin',
-                     rel], ["MODEL_DIR = 'x'", "MIXTURE_OR_TASK_NAME = 'y'"])
+    gin_flags.parse([model_gin, 'methods/prompt_tuning.gin', 'runs/train.gin', rel],
+                    ["MODEL_DIR = 'x'", "MIXTURE_OR_TASK_NAME = 'y'"])
     assert gin.query_parameter('%DEVICE_MEMORY_GIB') == gib
     assert gin.query_parameter('%DEVICE_NAME') == name
-    assert gin.query_parameter('jaxpt.preset.dtype') == 'bfloat16'
-    assert gin.query_parameter('jaxpt.preset.remat_policy') == 'full'
+    assert gin.query_parameter(f'{preset}.dtype') == 'bfloat16'
+    assert gin.query_parameter(f'{preset}.remat_policy') == 'full'
+    assert gin.query_parameter(f'{preset}.scan_layers') is True
+    config = gin.query_parameter('%MODEL_CONFIG').scoped_configurable_fn()
+    assert (config.dtype, config.remat_policy, config.scan_layers) == ('bfloat16', 'full', True)
     submesh = gin.query_parameter('%MODEL_PARALLEL_SUBMESH')
     partitions = gin.query_parameter('%NUM_PARTITIONS')
   finally:

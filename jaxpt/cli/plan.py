@@ -16,14 +16,17 @@ The program is the one `jaxpt train` runs with the same gin files: the same
 Z_LOSS, LABEL_SMOOTHING), the same backbone config (`jaxpt.cli.runs.run_config`:
 with INITIAL_CHECKPOINT_PATH set, the settings `jaxpt train` applies to the
 loaded checkpoint, e.g. its layer scanning), the same batch features
-(`decoder_loss_weights` included) and shardings; the printed program
+(`decoder_loss_weights` included; for a GPT-2 / Llama backbone (models/gpt2,
+models/llama) T5X's decoder-only rows of inputs then targets, as
+`jaxpt.data.features.DecoderOnlyBatches` builds them) and shardings; the printed program
 fingerprint (a hash of the compiled HLO) is the one `jaxpt train` compiles
 (tests/test_plan.py). Plan-only settings would plan another program, so there
 are none: change the run (`--gin.jaxpt.preset.scan_layers=True`) to plan it.
 
 The memory to judge against is the target's: DEVICE_MEMORY_GIB, set by the
 gin/partitioning/ file of each target (xxl_gpu.gin: one 80 GB GPU, xxl_v3_32.gin:
-16 GiB v3 cores, xxl_v4_8.gin and xxl_v4_32.gin: 32 GiB v4 chips), or
+16 GiB v3 cores, xxl_v4_8.gin and xxl_v4_32.gin: 32 GiB v4 chips; llama_*.gin: the same
+targets for GPT-2 / Llama backbones, and llama_gpu8.gin: 8 GPUs of 80 GB), or
 `--device_memory_gib`; unset, a GPU/TPU's own memory limit, and on CPU no verdict.
 
 `--num_devices=N` plans for N devices on this machine: the command re-runs
@@ -46,7 +49,7 @@ import re
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import gin
 import jax
@@ -54,9 +57,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpt import partitioning as pt
+from jaxpt.data.features import as_decoder_only
 from jaxpt.methods import EVERYTHING, PROMPT_ONLY, Backbone, partition
 from jaxpt.models.config import T5Config
 from jaxpt.models.backbones import abstract_params
+from jaxpt.models.decoder_config import DecoderConfig
 from jaxpt.prompted.base import PromptedModel, prompted_model
 
 GIB = 2**30
@@ -69,9 +74,11 @@ _INHERITED = {'model_config': 'MODEL_CONFIG', 'method': 'METHOD', 'optimizer': '
               'label_smoothing': 'LABEL_SMOOTHING', 'z_loss': 'Z_LOSS',
               'frozen_dtype': 'FROZEN_DTYPE'}
 # The features of a `jaxpt train` batch (jaxpt.data.seqio_batches.TrainBatches: SeqIO's
-# EncDecFeatureConverter, int32) that the step sees.
+# EncDecFeatureConverter, int32) that a T5 step sees; a GPT-2 / Llama step sees the rows
+# `jaxpt.data.features.DecoderOnlyBatches` makes of them.
 BATCH_FEATURES = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens',
                   'decoder_loss_weights')
+BackboneConfig = Union[T5Config, DecoderConfig]
 
 
 def _simulated_env(num_devices: int) -> Optional[Dict[str, str]]:
@@ -110,7 +117,7 @@ def _inherit_bindings() -> None:
     gin.parse_config(f'jaxpt.plan.{name} = %{macro}')
 
 
-def _abstract_method_params(method: Any, config: T5Config) -> Any:
+def _abstract_method_params(method: Any, config: BackboneConfig) -> Any:
   """Shapes of `method.init(...)`; initializers that need a vocabulary plan as 'uniform'."""
   embedding = jax.ShapeDtypeStruct((config.vocab_size, config.emb_dim), jnp.float32)
 
@@ -141,11 +148,21 @@ def device_memory_limit_gib() -> Optional[float]:
   return None if not limit else limit / GIB
 
 
-def abstract_batch(batch_size: int, encoder_length: int, target_length: int) -> Dict[str, Any]:
-  """ShapeDtypeStructs of one `jaxpt train` batch (`BATCH_FEATURES`, int32)."""
+def abstract_batch(batch_size: int, encoder_length: int, target_length: int,
+                   decoder_only: bool = False) -> Dict[str, Any]:
+  """ShapeDtypeStructs of one `jaxpt train` batch.
+
+  T5: `BATCH_FEATURES`, int32. `decoder_only` (GPT-2 / Llama): what `jaxpt train`'s
+  `DecoderOnlyBatches` makes of that batch (`as_decoder_only`, run here on a batch of
+  ones): T5X's decoder-only rows `encoder_length + target_length` long, float32 loss weights.
+  """
   shapes = {'encoder_input_tokens': (batch_size, encoder_length)}
-  return {k: jax.ShapeDtypeStruct(shapes.get(k, (batch_size, target_length)), jnp.int32)
-          for k in BATCH_FEATURES}
+  batch = {k: jax.ShapeDtypeStruct(shapes.get(k, (batch_size, target_length)), jnp.int32)
+           for k in BATCH_FEATURES}
+  if not decoder_only:
+    return batch
+  rows = as_decoder_only({k: np.ones(v.shape, v.dtype) for k, v in batch.items()})
+  return {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in rows.items()}
 
 
 def lower_step(model: PromptedModel, optimizer: Any, trainable_rules: Sequence[str],
@@ -176,7 +193,11 @@ def lower_step(model: PromptedModel, optimizer: Any, trainable_rules: Sequence[s
   if batch_size % mesh.shape['data']:
     raise ValueError(f'batch size {batch_size} is not divisible by the data axis '
                      f"({mesh.shape['data']} = {mesh.size} devices / {mesh.shape['model']})")
-  batch = abstract_batch(batch_size, enc_len, target_length)
+  decoder_only = isinstance(config, DecoderConfig)
+  if decoder_only:  # as `jaxpt train` refuses rows past GPT-2's position table
+    from jaxpt.cli.runs import _check_positions
+    _check_positions(config, method.prompt_length, input_length + target_length)
+  batch = abstract_batch(batch_size, enc_len, target_length, decoder_only)
   batch_sh = {k: sh.batch for k in batch}
   rng = jax.eval_shape(lambda: jax.random.key(0))
   args = (pt.abstract_with_shardings(state, sh.state), pt.abstract_with_shardings(frozen, sh.frozen),
@@ -244,8 +265,10 @@ def plan_step(model: PromptedModel, optimizer: Any, trainable_rules: Sequence[st
     optimizer: the optax optimizer.
     trainable_rules: which leaves train (`split.PROMPT_ONLY`, `split.EVERYTHING`).
     batch_size: global batch size.
-    input_length: encoder length the model sees, prompt included.
-    target_length: decoder length.
+    input_length: TASK_FEATURE_LENGTHS' inputs: the encoder length the model sees,
+      prompt included (a decoder-only row holds `input_length - prompt_length`
+      input positions, then the targets, after the prompt).
+    target_length: TASK_FEATURE_LENGTHS' targets.
     partitioning: the mesh and rules.
     device_memory_gib: the per-device memory to check the peak against (None:
       no verdict, 'fits' is None).
@@ -299,7 +322,7 @@ def format_plan(title: str, p: Mapping[str, Any], target: Optional[str] = None) 
 
 
 @gin.configurable(module='jaxpt')
-def plan(*, model_config: T5Config = gin.REQUIRED, method: Any = gin.REQUIRED,
+def plan(*, model_config: BackboneConfig = gin.REQUIRED, method: Any = gin.REQUIRED,
          optimizer: Any = gin.REQUIRED, trainable_rules: Sequence[str] = PROMPT_ONLY,
          batch_size: int = 32, task_feature_lengths: Mapping[str, int] = None,
          partitioning: Optional[pt.PartitionConfig] = None,
@@ -329,13 +352,9 @@ def plan(*, model_config: T5Config = gin.REQUIRED, method: Any = gin.REQUIRED,
     device_memory_gib = device_memory_limit_gib()
     if device_memory_gib is not None:
       target = target or f'this {jax.devices()[0].device_kind}'
-  print(f'planning {config.num_encoder_layers}+{config.num_decoder_layers} layers, '
-        f'd_model {config.emb_dim}, dtype {config.dtype}, params {config.param_dtype}, '
-        f'remat {config.remat_policy}, scan_layers {config.scan_layers}'
+  print(f'planning {_describe(config, batch_size, lengths, method.prompt_length)}'
         f'{" (as jaxpt train runs a checkpoint)" if initial_checkpoint_path else ""}; '
-        f'batch {batch_size} x inputs {lengths["inputs"]} (prompt {method.prompt_length}) / '
-        f'targets {lengths["targets"]}; z_loss {z_loss:g}, label_smoothing {label_smoothing:g}',
-        flush=True)
+        f'z_loss {z_loss:g}, label_smoothing {label_smoothing:g}', flush=True)
   runs = [('configured run', tuple(trainable_rules))]
   if full_tuning and tuple(trainable_rules) != EVERYTHING:
     runs.append(('full model tuning (trainable rule "everything")', EVERYTHING))
@@ -356,7 +375,22 @@ def plan(*, model_config: T5Config = gin.REQUIRED, method: Any = gin.REQUIRED,
   return plans
 
 
-def train_model(model_config: T5Config, method: Any, initial_checkpoint_path: Optional[str],
+def _describe(config: BackboneConfig, batch_size: int, lengths: Mapping[str, int],
+              prompt_length: int) -> str:
+  """The backbone and batch a plan compiles, in one line."""
+  settings = (f'd_model {config.emb_dim}, dtype {config.dtype}, params {config.param_dtype}, '
+              f'remat {config.remat_policy}, scan_layers {config.scan_layers}')
+  inputs, targets = lengths['inputs'], lengths['targets']
+  if not isinstance(config, DecoderConfig):
+    return (f'{config.num_encoder_layers}+{config.num_decoder_layers} layers, {settings}; '
+            f'batch {batch_size} x inputs {inputs} (prompt {prompt_length}) / targets {targets}')
+  return (f'{config.family} {config.num_layers} layers, {config.num_heads} heads '
+          f'({config.num_kv_heads} kv), {settings}; batch {batch_size} x decoder-only rows of '
+          f'inputs {inputs} (prompt {prompt_length}) + targets {targets}: prompt + '
+          f'{inputs - prompt_length + targets} tokens')
+
+
+def train_model(model_config: BackboneConfig, method: Any, initial_checkpoint_path: Optional[str],
                 *, label_smoothing: float = 0.0, z_loss: float = 0.0,
                 frozen_dtype: Optional[str] = None,
                 trainable_rules: Sequence[str] = PROMPT_ONLY) -> PromptedModel:
