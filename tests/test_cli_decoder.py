@@ -230,12 +230,12 @@ def test_mini_gpt2_reads_the_mini_vocabulary_without_sentinels():
 @pytest.mark.slow  # about 30 s: SeqIO, compile, beam-free greedy eval of 4 examples
 def test_mini_gpt2_trains_on_a_seqio_generation_task(tmp_path, capsys, monkeypatch,
                                                       shared_data):
-  """models/gpt2/mini.gin with e2e_local_mini (the mini vocabulary, 8100 ids with T5's
+  """models/mini_gpt2/mini.gin with e2e_local_mini (the mini vocabulary, 8100 ids with T5's
   sentinels) on the 8000-row mini GPT-2: accepted (same SentencePiece model, text never
   holds sentinels), trained, and evaluated by BLEU."""
   monkeypatch.setenv('JAXPT_DATA_DIR', str(shared_data))
   run = tmp_path / 'run'
-  out = _main(['train', '--gin_file=models/gpt2/mini.gin', '--gin_file=methods/prefix_tuning.gin',
+  out = _main(['train', '--gin_file=models/mini_gpt2/mini.gin', '--gin_file=methods/prefix_tuning.gin',
                '--gin_file=runs/train.gin', f"--gin.MODEL_DIR='{run}'",
                "--gin.MIXTURE_OR_TASK_NAME='e2e_local_mini'",
                "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 48}",

@@ -234,7 +234,8 @@ def test_loads_with_plain_gin(loaded, rel):
 def test_model_files_build_their_preset(loaded):
   import jaxpt
   for rel, r in loaded['files'].items():
-    if not rel.startswith('models/') or rel == 'models/mini_t5/mini.gin':
+    if not rel.startswith('models/') or rel in ('models/mini_t5/mini.gin',
+                                                  'models/mini_gpt2/mini.gin'):
       continue
     family, size = rel.split('/')[1], rel.split('/')[2][:-len('.gin')]
     if family in DECODER_FAMILIES:  # base.gin is the family at one of its public sizes
@@ -255,6 +256,11 @@ def test_model_files_build_their_preset(loaded):
   mini = loaded['files']['models/mini_t5/mini.gin']
   assert mini['config']['emb_dim'] == 128 and mini['config']['vocab_size'] == 8192
   assert os.path.isfile(os.path.join(mini['checkpoint'], 'metadata.json'))
+  mini_gpt2 = loaded['files']['models/mini_gpt2/mini.gin']
+  assert mini_gpt2['config']['emb_dim'] == 128 and mini_gpt2['config']['vocab_size'] == 8000
+  asset = jaxpt.load_model(mini_gpt2['checkpoint']).config  # the gin config is the asset's
+  assert mini_gpt2['config'] == {k: v for k, v in asset.__dict__.items()
+                                 if k in mini_gpt2['config']}
 
 
 @pytest.mark.parametrize('family', FAMILIES)
