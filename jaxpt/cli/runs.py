@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import tempfile
 import time
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence
 
@@ -46,10 +47,9 @@ def _writable_dir(path: Optional[str], what: str = 'MODEL_DIR') -> str:
     raise ValueError(f'{what} is not set: pass --gin.{what}="\'/path/to/dir\'"')
   try:
     os.makedirs(path, exist_ok=True)
-    probe = os.path.join(path, '.jaxpt_write_test')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
+    # A probe of this process's own: the processes of a multi-host run share MODEL_DIR.
+    with tempfile.NamedTemporaryFile(dir=path, prefix='.jaxpt_write_test'):
+      pass
   except OSError as e:
     raise OSError(f'{what} {path!r} is not a writable directory: {e.strerror or e}') from e
   return path
