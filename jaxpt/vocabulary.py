@@ -37,6 +37,16 @@ _SHARED_VOCAB = (pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'data'
                  't5_spiece.model')
 
 
+def until_eos(ids: Sequence[int], eos_id: int) -> List[int]:
+  """`ids` as ints, up to (not including) the first `eos_id`."""
+  out = []
+  for i in ids:
+    if int(i) == eos_id:
+      break
+    out.append(int(i))
+  return out
+
+
 class Vocabulary:
   """Encode/decode text with a SentencePiece model plus T5 sentinel ids."""
 
@@ -77,14 +87,8 @@ class Vocabulary:
 
   def decode(self, ids: Sequence[int]) -> str:
     """Text of `ids`, stopping at EOS and skipping padding and sentinels."""
-    kept = []
-    for i in ids:
-      i = int(i)
-      if i == self.eos_id:
-        break
-      if i != self.pad_id and i < self.base_size:
-        kept.append(i)
-    return self._sp.DecodeIds(kept)
+    return self._sp.DecodeIds([i for i in until_eos(ids, self.eos_id)
+                               if i != self.pad_id and i < self.base_size])
 
 
 class TokenizerVocabulary:
@@ -127,13 +131,7 @@ class TokenizerVocabulary:
 
   def decode(self, ids: Sequence[int]) -> str:
     """Text of `ids`, stopping at `eos_id` and skipping padding (0)."""
-    kept = []
-    for i in ids:
-      i = int(i)
-      if i == self.eos_id:
-        break
-      if i != PAD_ID:
-        kept.append(i)
+    kept = [i for i in until_eos(ids, self.eos_id) if i != PAD_ID]
     return self._tok.decode(kept, skip_special_tokens=True)
 
 

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpt.checkpoints import peft_causal
-from jaxpt.checkpoints.errors import CheckpointError
+from jaxpt.checkpoints.errors import CheckpointError, check_matches
 from jaxpt.checkpoints.prompts import fingerprint, same_backbone
 from jaxpt.methods.multitask import MultitaskPromptTuning
 from jaxpt.methods.prefix import PrefixTuning
@@ -412,12 +412,6 @@ def _read_tensor(directory: str) -> Tuple[np.ndarray, str]:
   return np.asarray(tensors[keys[0]], np.float32), path
 
 
-def _check(path: str, what: str, expected: Any, found: Any) -> None:
-  if expected != found:
-    raise ValueError(f'{path}: {what} does not match the backbone: expected {expected}, '
-                     f'found {found}')
-
-
 def import_peft(directory: str, config: Config) -> Tuple[Any, Dict[str, Any]]:
   """Reads a peft prompt-learning adapter as a jaxpt (method, method_params).
 
@@ -472,13 +466,14 @@ def import_peft(directory: str, config: Config) -> Tuple[Any, Dict[str, Any]]:
     raise ValueError(f'{tensor_path}: {TENSOR_KEY} has shape {rows.shape}; expected 2-D')
 
   if peft_type in PROMPT_TYPES:
-    _check(config_path, 'token_dim (d_model)', config.emb_dim,
-           peft_config.get('token_dim') or config.emb_dim)
-    _check(tensor_path, f'{TENSOR_KEY} width (d_model)', config.emb_dim, rows.shape[1])
+    check_matches(config_path, 'token_dim (d_model)', config.emb_dim,
+                  peft_config.get('token_dim') or config.emb_dim)
+    check_matches(tensor_path, f'{TENSOR_KEY} width (d_model)', config.emb_dim, rows.shape[1])
     default = 1 if _causal(config) else 2
     submodules = peft_config.get('num_transformer_submodules') or default
-    _check(tensor_path, f'{TENSOR_KEY} rows (num_virtual_tokens * num_transformer_submodules)',
-           length * submodules, rows.shape[0])
+    check_matches(tensor_path,
+                  f'{TENSOR_KEY} rows (num_virtual_tokens * num_transformer_submodules)',
+                  length * submodules, rows.shape[0])
     prompt = rows[:length]
     if peft_type == P_TUNING_TYPE:
       encoder = str(peft_config.get('encoder_reparameterization_type') or 'MLP').lower()
@@ -495,20 +490,21 @@ def import_peft(directory: str, config: Config) -> Tuple[Any, Dict[str, Any]]:
   if _causal(config):
     return peft_causal.import_prefix(config_path, tensor_path, peft_config, rows, config)
   token_dim = config.num_heads * config.head_dim
-  _check(config_path, 'token_dim (num_heads * d_kv)', token_dim,
-         peft_config.get('token_dim') or config.emb_dim)
-  _check(config_path, 'num_attention_heads', config.num_heads,
-         peft_config.get('num_attention_heads') or config.num_heads)
+  check_matches(config_path, 'token_dim (num_heads * d_kv)', token_dim,
+                peft_config.get('token_dim') or config.emb_dim)
+  check_matches(config_path, 'num_attention_heads', config.num_heads,
+                peft_config.get('num_attention_heads') or config.num_heads)
   layers = peft_config.get('num_layers') or config.num_encoder_layers
-  _check(config_path, 'num_layers (encoder layers)', config.num_encoder_layers, layers)
+  check_matches(config_path, 'num_layers (encoder layers)', config.num_encoder_layers, layers)
   if config.num_decoder_layers > config.num_encoder_layers:
     raise ValueError(f'{config_path}: peft prefixes cannot run on a T5 with more decoder than '
                      f'encoder layers ({config.num_encoder_layers}+'
                      f'{config.num_decoder_layers})')
   submodules = peft_config.get('num_transformer_submodules') or 2
-  _check(config_path, 'num_transformer_submodules', 2, submodules)
-  _check(tensor_path, f'{TENSOR_KEY} shape [num_virtual_tokens, 2 * num_layers * token_dim]',
-         (length, 2 * layers * token_dim), tuple(rows.shape))
+  check_matches(config_path, 'num_transformer_submodules', 2, submodules)
+  check_matches(tensor_path,
+                f'{TENSOR_KEY} shape [num_virtual_tokens, 2 * num_layers * token_dim]',
+                (length, 2 * layers * token_dim), tuple(rows.shape))
   method = PrefixTuning(length=length, style='peft', reparameterize=False)
   return method, {'decoder_self': {'prefix': jnp.asarray(rows)}}
 

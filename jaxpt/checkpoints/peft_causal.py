@@ -31,6 +31,7 @@ from typing import Any, Dict, Tuple
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpt.checkpoints.errors import check_matches
 from jaxpt.methods.prefix import PrefixTuning
 from jaxpt.models.decoder_config import DecoderConfig
 
@@ -67,27 +68,22 @@ def export_prefix(config: DecoderConfig, flat: np.ndarray,
   }
 
 
-def _check(path: str, what: str, expected: Any, found: Any) -> None:
-  if expected != found:
-    raise ValueError(f'{path}: {what} does not match the backbone: expected {expected}, '
-                     f'found {found}')
-
-
 def import_prefix(config_path: str, tensor_path: str, peft_config: Dict[str, Any],
                   rows: np.ndarray, config: DecoderConfig
                   ) -> Tuple[PrefixTuning, Dict[str, Any]]:
   """peft's PREFIX_TUNING tensor -> (`PrefixTuning(style='peft')`, its merged params)."""
   length = peft_config['num_virtual_tokens']
   dim = token_dim(config)
-  _check(config_path, 'token_dim (num_kv_heads * head_dim)', dim,
-         peft_config.get('token_dim') or dim)
-  _check(config_path, 'num_attention_heads (num_kv_heads)', config.num_kv_heads,
-         peft_config.get('num_attention_heads') or config.num_kv_heads)
+  check_matches(config_path, 'token_dim (num_kv_heads * head_dim)', dim,
+                peft_config.get('token_dim') or dim)
+  check_matches(config_path, 'num_attention_heads (num_kv_heads)', config.num_kv_heads,
+                peft_config.get('num_attention_heads') or config.num_kv_heads)
   layers = peft_config.get('num_layers') or config.num_layers
-  _check(config_path, 'num_layers', config.num_layers, layers)
-  _check(config_path, 'num_transformer_submodules', 1,
-         peft_config.get('num_transformer_submodules') or 1)
-  _check(tensor_path, 'prompt_embeddings shape [num_virtual_tokens, 2 * num_layers * token_dim]',
-         (length, 2 * layers * dim), tuple(rows.shape))
+  check_matches(config_path, 'num_layers', config.num_layers, layers)
+  check_matches(config_path, 'num_transformer_submodules', 1,
+                peft_config.get('num_transformer_submodules') or 1)
+  check_matches(tensor_path,
+                'prompt_embeddings shape [num_virtual_tokens, 2 * num_layers * token_dim]',
+                (length, 2 * layers * dim), tuple(rows.shape))
   method = PrefixTuning(length=length, style='peft', reparameterize=False)
   return method, {'decoder_self': {'prefix': jnp.asarray(rows)}}
