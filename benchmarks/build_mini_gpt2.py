@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
-import platform
 import shutil
 import sys
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List
 
 import jax
 import numpy as np
@@ -47,7 +45,7 @@ from jaxpt.vocabulary import EOS_ID  # noqa: E402
 from tasks import corpus  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from interleave import cpu_name  # noqa: E402
+from build_mini_t5 import machine, write_asset  # noqa: E402
 
 PIECES = 8000  # the mini T5's SentencePiece vocabulary (no sentinels: a causal LM needs none)
 
@@ -206,17 +204,9 @@ def main() -> None:
                    if train_records else None},
       'corpus': corpus.manifest(),
       'command': command,
-      'machine': {'platform': platform.platform(), 'processor': platform.processor(),
-                  'cpu': cpu_name(), 'cpu_count': os.cpu_count(), 'jax': jax.__version__,
-                  'device': str(jax.devices()[0])},
+      'machine': machine(),
   }
-  with open(os.path.join(args.out_dir, 'metadata.json'), 'w') as f:
-    json.dump(metadata, f, indent=2)
-  with open(os.path.join(args.out_dir, 'README.md'), 'w') as f:
-    f.write(readme(metadata))
-  size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(args.out_dir)
-             for f in fs)
-  print(f'wrote {args.out_dir}: {size / 1e6:.1f} MB')
+  write_asset(args.out_dir, metadata, readme(metadata))
 
 
 if __name__ == '__main__':

@@ -41,6 +41,23 @@ PREFIX_LENGTHS = {'inputs': 96, 'targets': 96}  # gin/runs/lm_adapt.gin
 VOCAB_SIZE = 8100  # 8000 pieces + 100 extra ids
 
 
+def machine() -> dict:
+  """The machine an asset was built on, for its metadata.json."""
+  return {'platform': platform.platform(), 'processor': platform.processor(),
+          'cpu': cpu_name(), 'cpu_count': os.cpu_count(), 'jax': jax.__version__,
+          'device': str(jax.devices()[0])}
+
+
+def write_asset(out_dir: str, metadata: dict, readme_text: str) -> None:
+  """Writes an asset's metadata.json and README.md and says the directory's size."""
+  with open(os.path.join(out_dir, 'metadata.json'), 'w') as f:
+    json.dump(metadata, f, indent=2)
+  with open(os.path.join(out_dir, 'README.md'), 'w') as f:
+    f.write(readme_text)
+  size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out_dir) for f in fs)
+  print(f'wrote {out_dir}: {size / 1e6:.1f} MB')
+
+
 def held_out_losses(model: jaxpt.Model, documents) -> dict:
   """Span-corruption and prefix-LM loss on the corpus's held-out split (seed 0)."""
   return {
@@ -202,18 +219,9 @@ def main() -> None:
       'pretrain': run_info(args.pretrain_dir),
       'lm_adapt': run_info(args.lm_adapt_dir),
       'corpus': corpus.manifest(),
-      'machine': {'platform': platform.platform(), 'processor': platform.processor(),
-                  'cpu': cpu_name(),
-                  'cpu_count': os.cpu_count(), 'jax': jax.__version__,
-                  'device': str(jax.devices()[0])},
+      'machine': machine(),
   }
-  with open(os.path.join(args.out_dir, 'metadata.json'), 'w') as f:
-    json.dump(metadata, f, indent=2)
-  with open(os.path.join(args.out_dir, 'README.md'), 'w') as f:
-    f.write(readme(metadata))
-  size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(args.out_dir)
-             for f in fs)
-  print(f'wrote {args.out_dir}: {size / 1e6:.1f} MB')
+  write_asset(args.out_dir, metadata, readme(metadata))
 
 
 if __name__ == '__main__':
