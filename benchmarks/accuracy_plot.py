@@ -8,11 +8,14 @@ the SVG text, which a README shows as an image.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 PANEL_W, PANEL_H = 420, 300
 LEFT, RIGHT, TOP, BOTTOM = 60, 20, 40, 50
-COLORS = {'prompt': '#1f77b4', 'peft': '#ff7f0e', 'prefix': '#2ca02c', 'full': '#d62728'}
+COLORS = {'prompt': '#1f77b4', 'peft': '#ff7f0e', 'prefix': '#2ca02c', 'full': '#d62728',
+          'deep': '#9467bd'}
+LEGEND = [('prompt tuning (circle P=20, square P=100)', 'prompt'), ('peft prompt tuning', 'peft'),
+          ('prefix tuning', 'prefix'), ('full model tuning', 'full')]
 
 
 def _family(method: str) -> str:
@@ -22,6 +25,8 @@ def _family(method: str) -> str:
     return 'prefix'
   if method.startswith('full'):
     return 'full'
+  if method.startswith('deep'):
+    return 'deep'
   return 'prompt'
 
 
@@ -29,8 +34,14 @@ def _esc(text: str) -> str:
   return text.replace('&', '&amp;').replace('<', '&lt;').replace('>', '&gt;')
 
 
-def svg(results: Sequence[Dict], title: str = '') -> str:
-  """The plot: x = trainable parameters (log10), y = accuracy %, majority class dashed."""
+def svg(results: Sequence[Dict], title: str = '', *, y_label: str = 'validation accuracy %',
+        x_label: str = 'trainable parameters (log scale)', baseline: str = 'majority class',
+        legend: Sequence[Tuple[str, str]] = tuple(LEGEND), y_floor: float = -math.inf) -> str:
+  """The plot: x = `trainable` (log10), y = `accuracy`, the `majority` baseline dashed.
+
+  Other scores plot the same way under other labels (`y_label`, `x_label`, `baseline`),
+  with `legend` as (label, family) pairs; the y axis starts no lower than `y_floor`.
+  """
   tasks: List[str] = []
   for r in results:
     if r['task'] not in tasks:
@@ -49,7 +60,7 @@ def svg(results: Sequence[Dict], title: str = '') -> str:
   for i, task in enumerate(tasks):
     rows = [r for r in results if r['task'] == task]
     accs = [r['accuracy'] for r in rows] + [r['majority'] for r in rows]
-    y_lo = 5 * math.floor(min(accs) / 5 - 0.2)
+    y_lo = max(5 * math.floor(min(accs) / 5 - 0.2), y_floor)
     y_hi = 5 * math.ceil(max(accs) / 5 + 0.2)
     x0, y0 = i * PANEL_W + LEFT, TOP + 10
     w, h = PANEL_W - LEFT - RIGHT, PANEL_H - TOP - BOTTOM + 20
@@ -68,11 +79,11 @@ def svg(results: Sequence[Dict], title: str = '') -> str:
     out.append(f'<text x="{x0 + w / 2}" y="{y0 + h + 34}" text-anchor="middle">trainable '
                f'parameters (log scale)</text>')
     out.append(f'<text x="{x0 - 40}" y="{y0 + h / 2}" text-anchor="middle" '
-               f'transform="rotate(-90 {x0 - 40} {y0 + h / 2})">validation accuracy %</text>')
+               f'transform="rotate(-90 {x0 - 40} {y0 + h / 2})">{_esc(y_label)}</text>')
     majority = rows[0]['majority']
     out.append(f'<line x1="{x0}" y1="{y(majority)}" x2="{x0 + w}" y2="{y(majority)}" '
                f'stroke="#888" stroke-dasharray="5,4"/><text x="{x0 + w - 4}" '
-               f'y="{y(majority) - 4}" text-anchor="end" fill="#666">majority class '
+               f'y="{y(majority) - 4}" text-anchor="end" fill="#666">{_esc(baseline)} '
                f'{majority:.1f}</text>')
     for r in rows:
       if not r.get('trainable'):
@@ -86,9 +97,6 @@ def svg(results: Sequence[Dict], title: str = '') -> str:
         cx, cy = cx - 4, cy - 4
       out.append(shape.format(cx=f'{cx:.1f}', cy=f'{cy:.1f}', c=color) +
                  f'<title>{_esc(r["method"])}: {r["accuracy"]:.1f}%</title>')
-  legend = [('prompt tuning (circle P=20, square P=100)', 'prompt'),
-            ('peft prompt tuning', 'peft'), ('prefix tuning', 'prefix'),
-            ('full model tuning', 'full')]
   for k, (label, family) in enumerate(legend):
     lx = 20 + k * (width - 40) / len(legend)
     out.append(f'<circle cx="{lx}" cy="{PANEL_H + 22}" r="4.5" fill="{COLORS[family]}"/>'
