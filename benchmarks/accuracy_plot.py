@@ -76,8 +76,8 @@ def svg(results: Sequence[Dict], title: str = '', *, y_label: str = 'validation 
     for a in range(int(y_lo), int(y_hi) + 1, 5):
       out.append(f'<line x1="{x0 - 4}" y1="{y(a)}" x2="{x0}" y2="{y(a)}" stroke="#444"/>'
                  f'<text x="{x0 - 6}" y="{y(a) + 4}" text-anchor="end">{a}</text>')
-    out.append(f'<text x="{x0 + w / 2}" y="{y0 + h + 34}" text-anchor="middle">trainable '
-               f'parameters (log scale)</text>')
+    out.append(f'<text x="{x0 + w / 2}" y="{y0 + h + 34}" text-anchor="middle">'
+               f'{_esc(x_label)}</text>')
     out.append(f'<text x="{x0 - 40}" y="{y0 + h / 2}" text-anchor="middle" '
                f'transform="rotate(-90 {x0 - 40} {y0 + h / 2})">{_esc(y_label)}</text>')
     majority = rows[0]['majority']

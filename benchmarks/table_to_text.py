@@ -308,7 +308,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   parser.add_argument('--max_decode', type=int, default=0,
                       help='decoded tokens (0: the target length of each dataset)')
   parser.add_argument('--quick', action='store_true',
-                      help='a smoke run: 10 steps, 8 test inputs, 2 beams, 24 tokens, 100 resamples')
+                      help='a smoke run: 10 steps, 8 test inputs, 2 beams, 24 tokens, '
+                      '100 resamples')
   parser.add_argument('--backbones', '--backbone', default='mini_t5',
                       help=f'comma-separated: {" or ".join(BACKBONES)} or a model directory')
   parser.add_argument('--strategy', default='beam',
